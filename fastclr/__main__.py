@@ -1,0 +1,3 @@
+from fastclr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""The errors fastclr raises for a user's mistake: the CLI prints their message as one line."""
+
+
+class FastclrError(Exception):
+    """Base class: anything the user can fix (a bad option, a missing file)."""
+
+
+class ConfigError(FastclrError):
+    """An option or config file value that is unknown, mistyped or out of range."""
+
+
+class DataError(FastclrError):
+    """A data set that is missing, empty or unreadable."""
+
+
+class CheckpointError(FastclrError):
+    """A checkpoint that cannot be written, read, or resumed with this config."""
