@@ -1,0 +1,150 @@
+"""The `fastclr` command: train, eval and friends. User mistakes end in one line, not a trace."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from fastclr.errors import FastclrError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from fastclr.config import GROUPS, options
+
+    parser.add_argument("--config", metavar="PRESET_OR_YAML",
+                        help="a preset name (see `fastclr presets`) or a YAML file of options; "
+                             "flags below override it")
+    groups = {g: parser.add_argument_group(f"{g} options") for g in GROUPS}
+    for f in options():
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        if meta.get("choices"):
+            help_text += f" [{'|'.join(meta['choices'])}]"
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] if "_" not in f.name else [flag, "--" + f.name]
+        groups[meta["group"]].add_argument(*names, dest=f.name, metavar="V", default=None,
+                                           help=help_text)
+
+
+def _config_from_args(args) -> "Config":  # noqa: F821
+    from fastclr.config import load_config, options
+
+    text = {f.name: getattr(args, f.name) for f in options()
+            if getattr(args, f.name, None) is not None}
+    return load_config(args.config, text_overrides=text)
+
+
+def cmd_train(args) -> int:
+    from fastclr.distributed import resolve_device
+    from fastclr.evaluate import evaluate_run
+    from fastclr.train import train
+
+    cfg = _config_from_args(args)
+    run_dir = train(cfg, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0 or not cfg.final_eval:
+        return 0
+    print(f"evaluating the frozen encoder on {cfg.data} (linear probe and kNN)...", flush=True)
+    report = evaluate_run(run_dir, cfg, resolve_device(cfg.device), cfg.baselines)
+    _print_report(report, run_dir)
+    return 0
+
+
+def _print_report(report: dict, run_dir) -> None:
+    from fastclr.evaluate import format_report
+
+    print()
+    print(format_report(report))
+    extra = f"; pretraining took {report['train_seconds']:.0f} s" \
+        if "train_seconds" in report else ""
+    print(f"run folder: {run_dir} (report.json, metrics.jsonl, encoder.safetensors){extra}")
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from fastclr.config import config_from_dict, read_yaml
+    from fastclr.distributed import resolve_device
+    from fastclr.evaluate import evaluate_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "encoder.safetensors").is_file():
+        raise FastclrError(f"{run_dir} is not a finished fastclr run folder (it needs "
+                           "config.yaml and encoder.safetensors)")
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    if args.data_dir is not None:
+        cfg.data_dir = args.data_dir
+    report = evaluate_run(run_dir, cfg, resolve_device(args.device), not args.no_baselines)
+    _print_report(report, run_dir)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from fastclr.config import list_presets, resolve_preset
+
+    for name in list_presets():
+        print(f"{name:28} {resolve_preset(name)}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fastclr", description="SimCLR pretraining and evaluation "
+                    "(Chen et al., ICML 2020). Start with `fastclr train --config "
+                    "fashion-mnist-cpu`.")
+    from fastclr import __version__
+    parser.add_argument("--version", action="version", version=f"fastclr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("train", help="pretrain an encoder, then evaluate it",
+                       description="Pretrain a SimCLR encoder. Options come from defaults, then "
+                       "--config, then flags. Re-running on the same run folder resumes. Under "
+                       "torchrun, every process runs this same command.")
+    _add_config_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's encoder (linear probe, kNN)",
+                       description="Evaluate the frozen encoder of a finished run: linear probe "
+                       "and weighted kNN on its data set, with random-init and pixel baselines.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `fastclr train`")
+    p.add_argument("--data-dir", default=None, help="where the data set's files are, if not "
+                   "where training found them")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the random-init and raw-pixel baselines")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("presets", help="list the shipped config presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except FastclrError as e:
+        print(f"fastclr: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as e:
+        print(f"fastclr: training stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("fastclr: interrupted", file=sys.stderr)
+        return 130

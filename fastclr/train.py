@@ -1,0 +1,450 @@
+"""The pretraining loop (SimCLR algorithm 1), the same code on a laptop CPU and on many GPUs.
+
+One step: a batch of uint8 images on the device -> two per-sample random views -> one forward
+of f and g on all 2N views -> NT-Xent over the global batch -> backward -> optimiser. The step
+never reads a tensor on the host: a non-finite loss is turned into a skipped optimiser step on
+the device, and losses are read only every `log_every` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from fastclr import distributed
+from fastclr.augment import SimCLRAugment
+from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
+                                load_checkpoint, prune_checkpoints, save_checkpoint)
+from fastclr.config import Config, config_from_dict, save_config
+from fastclr.data import ImageSet, InMemoryBatches, channel_stats, get_spec, load_pretrain, load_split
+from fastclr.errors import CheckpointError, ConfigError
+from fastclr.evaluate import extract_features, knn_top1
+from fastclr.loss import nt_xent
+from fastclr.models import SimCLR, model_from_config
+from fastclr.optim import build_optimizer, lr_at, peak_lr
+
+log = logging.getLogger("fastclr")
+
+# options that shape the model or the data: a checkpoint made with others cannot be resumed
+STRUCTURAL = ("data", "image_size", "arch", "width", "stem", "head", "head_layers",
+              "head_hidden", "proj_dim", "optimizer")
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / cfg.name
+
+
+def augment_from_config(cfg: Config) -> SimCLRAugment:
+    return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
+                         crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p,
+                         color_strength=cfg.color_strength, color_p=cfg.color_p,
+                         gray_p=cfg.gray_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma,
+                         solarize_p=cfg.solarize_p)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The augmentation seed of one step on one process: randomness is a function of the step,
+    so a resumed run draws exactly the views the uninterrupted run would have drawn."""
+    return (seed * 2**52 + rank * 2**32 + step) % 2**64
+
+
+class BufferGuard:
+    """Keeps BN running statistics of a step whose loss was not finite from being kept.
+
+    BN updates its running mean/var in the forward pass, before the loss is known; a skipped
+    step must not leave NaN statistics behind. Restoring is branch-free (no host sync).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.saved = [b.clone() for b in self.buffers]
+
+    def save(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore_if(self, bad: torch.Tensor) -> None:
+        for b, s in zip(self.buffers, self.saved):
+            b.copy_(torch.where(bad, s, b))
+
+
+@dataclass
+class Run:
+    """What the loop needs, built once: used by train() and by tests that drive single steps."""
+
+    cfg: Config
+    ctx: distributed.Context
+    model: SimCLR  # the plain module: what checkpoints hold
+    forward: nn.Module  # what the step calls: maybe DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    augment: SimCLRAugment
+    batches: InMemoryBatches
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    generator: torch.Generator
+    autocast: bool
+    guard: BufferGuard
+
+    def train_step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'."""
+        cfg, device = self.cfg, self.ctx.device
+        lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
+        self.guard.save()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            v1, v2 = self.augment.two_views(images, self.generator)  # 2 x (n, C, S, S) in [0,1]
+            x = torch.cat([v1, v2])  # (2n, C, S, S): one forward for both views
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            _, z = self.forward(x)  # (2n, proj_dim)
+            n = len(images)
+            loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
+        bad = ~torch.isfinite(loss.detach())
+        if self.ctx.world_size > 1:  # every process must skip the same steps
+            bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.found_inf = bad.float()
+        self.optimizer.step()
+        self.guard.restore_if(bad)
+        return loss.detach(), bad
+
+
+def build_run(cfg: Config, ctx: distributed.Context, pretrain: ImageSet) -> Run:
+    torch.manual_seed(cfg.seed)  # same initial weights on every process
+    channels = pretrain.images.shape[1]
+    mean, std = channel_stats(pretrain.images)
+    model = model_from_config(cfg, channels, mean, std).to(ctx.device)
+    if ctx.world_size > 1 and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = model
+    if ctx.world_size > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
+                                cfg.trust_coefficient)
+    images = pretrain.images.to(ctx.device)
+    batches = InMemoryBatches(images, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    total = cfg.epochs * batches.steps_per_epoch
+    warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
+    precision = cfg.precision if cfg.precision != "auto" else (
+        "bf16" if ctx.device.type == "cuda" else "fp32")
+    return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg), batches, total,
+               warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
+               torch.Generator(ctx.device), precision == "bf16", BufferGuard(model))
+
+
+# ---- run folder, checkpoints ----------------------------------------------------------------
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        rev = out.stdout.strip()
+        if out.returncode or not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=Path(__file__).parent,
+                               timeout=5).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_run_info(run_dir: Path, cfg: Config, ctx: distributed.Context, pretrain: ImageSet):
+    from fastclr import __version__
+    save_config(cfg, run_dir / "config.yaml")
+    info = {"fastclr": __version__, "git_revision": _git_revision(), "torch": torch.__version__,
+            "python": platform.python_version(), "host": platform.node(),
+            "command": sys.argv, "world_size": ctx.world_size, "device": str(ctx.device),
+            "data": {"name": cfg.data, "source": pretrain.source, "images": len(pretrain),
+                     "shape": list(pretrain.images.shape[1:])},
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
+    return {"step": step, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(), **extra}
+
+
+def all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point())
+
+
+def find_resume(cfg: Config, run_dir: Path) -> Path | None:
+    if cfg.resume == "never":
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            raise CheckpointError(f"{run_dir} already holds checkpoint {found}; choose another "
+                                  "--run-dir or --resume auto")
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(run_dir)
+    return Path(cfg.resume)
+
+
+def check_compatible(saved: dict, cfg: Config, path: Path) -> None:
+    """Refuse a checkpoint whose model or data differ; report other changed options."""
+    try:
+        old = config_from_dict(saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds a config this fastclr cannot read ({e})") from None
+    clash = [k for k in STRUCTURAL if getattr(old, k) != getattr(cfg, k)]
+    if clash:
+        diffs = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in clash)
+        raise CheckpointError(f"cannot resume {path}: it was made with other options ({diffs}); "
+                              "use another --run-dir or the original options")
+    changed = [k for k in old.to_dict() if k not in STRUCTURAL and k not in ("name", "resume")
+               and getattr(old, k) != getattr(cfg, k)]
+    if changed:
+        log.warning("resuming with changed options: %s", ", ".join(
+            f"{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed))
+
+
+# ---- monitoring -----------------------------------------------------------------------------
+
+
+class Monitor:
+    """kNN top-1 on a fixed labeled subset (the train split as bank, test split as queries)."""
+
+    def __init__(self, cfg: Config, device: torch.device, bank_size=10_000, query_size=2_000):
+        spec = get_spec(cfg.data)
+        train = load_split(cfg.data, spec.train, cfg.data_dir)
+        test = load_split(cfg.data, spec.test, cfg.data_dir)
+        g = torch.Generator().manual_seed(0)
+        self.bank = train.subset(torch.randperm(len(train), generator=g)[:bank_size])
+        self.query = test.subset(torch.randperm(len(test), generator=g)[:query_size])
+        self.cfg, self.device = cfg, device
+
+    def __call__(self, encoder: nn.Module) -> float:
+        bs = self.cfg.eval_batch_size
+        fb = extract_features(encoder, self.bank.images, bs, self.device)
+        fq = extract_features(encoder, self.query.images, bs, self.device)
+        return knn_top1(fb, self.bank.labels, fq, self.query.labels, self.cfg.knn_k,
+                        self.cfg.knn_temperature)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def write(self, step: int, values: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+
+def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if run_dir is not None and is_main:
+        file = logging.FileHandler(run_dir / "train.log")
+        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(file)
+
+
+def train(cfg: Config, progress: bool = True) -> Path:
+    """Pretrain as `cfg` says; returns the run folder (checkpoints, metrics, encoder, report)."""
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, ctx, progress)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    resume_from = find_resume(cfg, run_dir)
+    saved = None
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from, map_location=ctx.device)
+        check_compatible(saved["config"], cfg, resume_from)
+
+    pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    setup_logging(run_dir, ctx.is_main)
+    if ctx.is_main:
+        _write_run_info(run_dir, cfg, ctx, pretrain)
+
+    run = build_run(cfg, ctx, pretrain)
+    step, best_knn = 0, -1.0
+    if saved is not None:
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        step, best_knn = saved["step"], saved.get("best_knn", -1.0)
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    spe = run.batches.steps_per_epoch
+    last_step = run.total_steps if cfg.max_steps is None else min(run.total_steps, cfg.max_steps)
+    monitor = Monitor(cfg, ctx.device) if cfg.knn_every and ctx.is_main else None
+    metrics = MetricsLog(run_dir, cfg.tensorboard) if ctx.is_main else None
+    log.info("fastclr: %s on %s, %s images %s, %s (width %s, %s stem), global batch %d, "
+             "%d epochs = %d steps, peak lr %.3g (%s), world size %d",
+             cfg.name, ctx.device, len(pretrain), tuple(pretrain.images.shape[1:]), cfg.arch,
+             cfg.width, cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
+             cfg.optimizer, ctx.world_size)
+
+    bar = None
+    if progress and ctx.is_main and step < last_step:
+        from tqdm import tqdm
+        bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=1.0)
+
+    def save(at: int, best: bool = False) -> None:
+        if not ctx.is_main:
+            return
+        if not all_finite(run.model):
+            raise CheckpointError(f"step {at}: the model holds non-finite values; not writing a "
+                                  "checkpoint (the last good one stays)")
+        state = checkpoint_state(run, at, {"best_knn": best_knn})
+        save_checkpoint(checkpoint_path(run_dir, at), state)
+        if best:
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        prune_checkpoints(run_dir, cfg.keep_checkpoints)
+
+    device = ctx.device
+    loss_sum = torch.zeros((), device=device)
+    good = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device)
+    bad_run = torch.zeros((), device=device)  # current streak of non-finite steps
+    worst_run = torch.zeros((), device=device)
+    loop_start = tick = time.perf_counter()
+    tick_step = step
+    run.forward.train()
+    while step < last_step:
+        epoch = step // spe
+        for images in run.batches.epoch(epoch, start=step % spe):
+            loss, bad = run.train_step(images, step)
+            loss_sum += torch.where(bad, 0.0, loss)
+            good += (~bad).float()
+            skipped += bad.float()
+            bad_run = (bad_run + 1) * bad.float()
+            worst_run = torch.maximum(worst_run, bad_run)
+            step += 1
+            done = step >= last_step
+            if step % cfg.log_every == 0 or done or step % spe == 0:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                stats = torch.stack([loss_sum, good, skipped, worst_run])
+                stats = distributed.all_reduce_sum(stats) if ctx.world_size > 1 else stats
+                loss_v, good_v, skipped_v, worst_v = stats.tolist()
+                views = 2 * cfg.batch_size * (step - tick_step) / max(now - tick, 1e-9)
+                mean_loss = loss_v / good_v if good_v else float("nan")
+                lr = run.optimizer.param_groups[0]["lr"]
+                if metrics is not None:
+                    metrics.write(step, {"epoch": step / spe, "loss": mean_loss, "lr": lr,
+                                         "views_per_s": views, "skipped_steps": skipped_v})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
+                                    views_s=f"{views:.0f}", refresh=False)
+                    bar.update(step - bar.n)
+                if worst_v >= cfg.max_nonfinite:
+                    raise FloatingPointError(
+                        f"{int(worst_v)} non-finite losses in a row by step {step} (lr {lr:.3g}); "
+                        "those steps were skipped and the last checkpoint is intact. Try a lower "
+                        "base_lr, a longer warmup or --precision fp32.")
+                loss_sum.zero_(); good.zero_()
+                tick, tick_step = time.perf_counter(), step
+            if step % cfg.checkpoint_every == 0 and not done:
+                save(step)
+                tick = time.perf_counter()
+            if done:
+                break
+        if step % spe == 0 and monitor is not None and (step // spe) % cfg.knn_every == 0:
+            knn = monitor(run.model.encoder)
+            better = knn > best_knn
+            best_knn = max(best_knn, knn)
+            log.info("epoch %d: kNN top-1 %.2f%% (monitor: %d bank / %d query images)",
+                     step // spe, 100 * knn, len(monitor.bank), len(monitor.query))
+            metrics.write(step, {"epoch": step / spe, "knn_top1": knn})
+            save(step, best=better)
+            tick = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    if ctx.is_main and latest_checkpoint(run_dir) != checkpoint_path(run_dir, step):
+        save(step)
+    if ctx.is_main:
+        meta = {"arch": cfg.arch, "width": cfg.width, "stem": cfg.stem,
+                "in_channels": pretrain.images.shape[1],
+                "mean": run.model.encoder.mean.flatten().tolist(),
+                "std": run.model.encoder.std.flatten().tolist(),
+                "feat_dim": run.model.encoder.feat_dim, "data": cfg.data, "step": step}
+        export_encoder(run.model.encoder, run_dir / "encoder.safetensors", meta)
+        _record_train_time(run_dir, time.perf_counter() - loop_start)
+        if metrics is not None:
+            metrics.close()
+        log.info("pretraining done: %d steps, %.1f s of training; encoder saved to %s", step,
+                 _read_train_time(run_dir), run_dir / "encoder.safetensors")
+    return run_dir
+
+
+def _record_train_time(run_dir: Path, seconds: float) -> None:
+    """Training seconds accumulate across resumed sessions in run_dir/train_time.json."""
+    path = run_dir / "train_time.json"
+    total = _read_train_time(run_dir) + seconds
+    path.write_text(json.dumps({"train_seconds": total}))
+
+
+def _read_train_time(run_dir: Path) -> float:
+    try:
+        return float(json.loads((run_dir / "train_time.json").read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
