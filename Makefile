@@ -1,0 +1,44 @@
+# The two commands a newcomer needs:
+#   make demo   set up, pretrain on Fashion-MNIST (CPU preset, or the GPU preset when CUDA is
+#               present), evaluate, print what was learned
+#   make test   set up, run the test suite
+# Options: PYTHON=python3.11  DATA_DIR=/path/to/fashion-mnist  ARGS="--epochs 10"
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+.PHONY: demo test install data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when we can install it; otherwise fastclr looks in
+# DATA_DIR or downloads it where a network exists, and says how to get it when neither works.
+data:
+	@if [ -n "$(DATA_DIR)" ] || [ -d $(FMNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "note: $(FMNIST) is missing and apt-get needs root; fastclr will try DATA_DIR or a download"; fi
+
+demo: install data
+	@preset=$$($(BIN)/python -c "import torch; print('fashion-mnist-resnet18' if torch.cuda.is_available() else 'fashion-mnist-cpu')"); \
+	echo "pretraining with preset $$preset"; \
+	$(BIN)/fastclr train --config $$preset --download true $(DATA_FLAG) $(ARGS)
+
+test: install data
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+	exit $$rc
+
+clean:
+	rm -rf $(VENV) runs

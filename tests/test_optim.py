@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastclr.optim import LARS, build_optimizer, lr_at, param_groups, peak_lr
+
+
+def test_peak_lr_rules():
+    assert peak_lr("linear", 4096) == pytest.approx(4.8)  # the paper's 0.3 x 4096/256
+    assert peak_lr("sqrt", 256) == pytest.approx(0.075 * 16)
+    assert peak_lr("linear", 512, base_lr=1.0) == pytest.approx(2.0)
+    assert peak_lr("constant", 999, base_lr=0.01) == 0.01
+
+
+def test_lr_schedule_warmup_and_cosine():
+    total, warmup, peak = 1000, 100, 2.0
+    assert lr_at(0, total, warmup, peak) == 0.0
+    assert lr_at(50, total, warmup, peak) == pytest.approx(1.0)
+    assert lr_at(warmup, total, warmup, peak) == pytest.approx(peak)  # end of warmup
+    assert lr_at(550, total, warmup, peak) == pytest.approx(1.0)  # halfway down the cosine
+    assert lr_at(total, total, warmup, peak) == pytest.approx(0.0, abs=1e-12)
+    last = lr_at(total - 1, total, warmup, peak)  # the last step taken
+    assert 0 < last < peak * 1e-4
+    lrs = [lr_at(s, total, warmup, peak) for s in range(warmup, total)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay after warmup
+
+
+def test_no_warmup():
+    assert lr_at(0, 10, 0, 1.0) == pytest.approx(1.0)
+
+
+def test_param_groups_exclude_bias_and_bn():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, plain = param_groups(model, 1e-6)
+    assert decay["lars"] and not plain["lars"]
+    assert plain["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-6
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(decay["params"]) == {id(model[0].weight), id(model[3].weight)}
+    assert ids(plain["params"]) == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                    id(model[3].bias)}
+
+
+def test_lars_trust_ratio_and_exclusions():
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0, -1.0]))
+    w.grad = torch.tensor([[0.6, 0.8]])
+    b.grad = torch.tensor([0.5, 0.5])
+    lr, eta, wd = 0.1, 0.001, 0.01
+    opt = LARS([{"params": [w], "weight_decay": wd, "lars": True},
+                {"params": [b], "weight_decay": 0.0, "lars": False}],
+               lr=lr, momentum=0.9, trust_coefficient=eta)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    opt.step()
+    g = torch.tensor([[0.6, 0.8]]) + wd * w0  # weight decay joins the gradient first
+    trust = eta * 5.0 / g.norm()
+    assert torch.allclose(w.detach(), w0 - lr * trust * g, rtol=1e-6)
+    assert torch.allclose(b.detach(), b0 - lr * torch.tensor([0.5, 0.5]))  # plain SGD step
+    # second step: momentum carries the first update
+    opt.step()
+    g2 = torch.tensor([[0.6, 0.8]]) + wd * w.detach()
+    v1 = lr * trust * g
+    before = w0 - v1
+    trust2 = eta * before.norm() / g2.norm()
+    assert torch.allclose(w.detach(), before - (0.9 * v1 + lr * trust2 * g2), rtol=1e-5)
+
+
+def test_lars_zero_norms_use_trust_one():
+    w = nn.Parameter(torch.zeros(2, 2))
+    w.grad = torch.ones(2, 2)
+    opt = LARS([{"params": [w], "weight_decay": 0.0, "lars": True}], lr=0.5, momentum=0.0)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((2, 2), -0.5))
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_skipped_step_changes_nothing(name):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = build_optimizer(name, model, 1e-4)
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    model(torch.randn(8, 3)).pow(2).sum().backward()
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()  # a good step creates optimiser state
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+             for p in model.parameters()]
+    model(torch.randn(8, 3)).pow(2).sum().backward()
+    for p in model.parameters():
+        p.grad.fill_(math.nan)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    for p, before in zip(model.parameters(), params):
+        assert torch.equal(p.detach(), before)
+    for p, before in zip(model.parameters(), state):
+        for k, v in before.items():
+            assert torch.equal(opt.state[p][k], v), (name, k)
