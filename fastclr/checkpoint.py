@@ -95,6 +95,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_stale_temp(folder: Path) -> None:
+    """Delete temp files that a killed writer left behind (never a finished checkpoint)."""
+    if Path(folder).is_dir():
+        for path in Path(folder).glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+
 def prune_checkpoints(run_dir: Path, keep: int, protect: Path | None = None) -> None:
     """Delete all but the newest `keep` checkpoints, never `protect` (the best one)."""
     found = list_checkpoints(run_dir)

@@ -137,14 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from fastclr.train import Stopped
+
     try:
         return args.func(args)
+    except Stopped as e:
+        print(f"fastclr: {e}", file=sys.stderr)
+        return 130 if e.signal_name == "SIGINT" else 0
     except FastclrError as e:
         print(f"fastclr: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as e:
         print(f"fastclr: training stopped: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # a full disk, a vanished folder: the environment, not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fastclr: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)
         return 130

@@ -164,6 +164,8 @@ def read_idx(path: Path) -> torch.Tensor:
     if len(raw) - header != count:
         raise DataError(f"{path} holds {len(raw) - header} bytes of data; its header says "
                         f"{count} (truncated or corrupt file)")
+    if count == 0:  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from fastclr.errors import ConfigError
 
@@ -81,3 +82,55 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Global batch norm for CPU process groups (gloo), where nn.SyncBatchNorm cannot run.
+
+    PyTorch's SyncBatchNorm needs CUDA kernels (aten::batch_norm_stats has none for CPU) and
+    DDP refuses it on CPU modules. This computes the same statistics over the global batch with
+    torch.distributed.nn's differentiable all_reduce (two passes: mean, then centred squares),
+    so gradients flow through the statistics of every process, as SimCLR's global BN needs
+    (section 2.2). In eval mode, or with one process, it is plain batch norm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if not self.training or world == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(float(x.numel() // x.shape[1]))
+        count = all_reduce(count)  # images x pixels over all processes
+        mean = all_reduce(x.sum(dims)) / count  # (C,)
+        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / count  # biased, as BN
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * count / (count - 1), m)
+                self.num_batches_tracked += 1
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm becomes global: nn.SyncBatchNorm on CUDA, CPUSyncBatchNorm on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, device))
+    return out

@@ -8,12 +8,13 @@ the device, and losses are read only every `log_every` steps.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ import torch.nn as nn
 
 from fastclr import distributed
 from fastclr.augment import SimCLRAugment
-from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
-                                load_checkpoint, prune_checkpoints, save_checkpoint)
+from fastclr.checkpoint import (atomic_write, checkpoint_path, export_encoder,
+                                latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                remove_stale_temp, save_checkpoint)
 from fastclr.config import Config, config_from_dict, save_config
 from fastclr.data import ImageSet, InMemoryBatches, channel_stats, get_spec, load_pretrain, load_split
 from fastclr.errors import CheckpointError, ConfigError
@@ -66,16 +68,57 @@ class BufferGuard:
     """
 
     def __init__(self, model: nn.Module):
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.buffers = [b for b in model.buffers() if b.dtype != torch.bool]
         self.saved = [b.clone() for b in self.buffers]
 
     def save(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.saved, self.buffers)
+        for s, b in zip(self.saved, self.buffers):
+            s.copy_(b)
 
     def restore_if(self, bad: torch.Tensor) -> None:
         for b, s in zip(self.buffers, self.saved):
             b.copy_(torch.where(bad, s, b))
+
+
+class Stopped(Exception):
+    """Training stopped early on a signal, after saving a checkpoint to resume from."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path):
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} "
+                         "saved: run the same command again to resume")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 (SLURM's pre-emption warning) ask the loop to finish its
+    step, save and stop; a second Ctrl-C stops at once. Handlers are restored on exit."""
+
+    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: no more waiting
+        if self.received is None:
+            self.received = name
+            print(f"\nfastclr: {name} received: finishing this step, then saving a checkpoint "
+                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -127,9 +170,10 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: ImageSet) -> Run:
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     channels = pretrain.images.shape[1]
     mean, std = channel_stats(pretrain.images)
-    model = model_from_config(cfg, channels, mean, std).to(ctx.device)
+    model = model_from_config(cfg, channels, mean, std)
     if ctx.world_size > 1 and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = distributed.convert_sync_batchnorm(model, ctx.device)
+    model = model.to(ctx.device)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     forward: nn.Module = model
@@ -246,13 +290,22 @@ class Monitor:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    """metrics.jsonl (one JSON object a line) and TensorBoard. On resume at step s, lines of
+    steps after s (logged by the interrupted session, about to be redone) are dropped."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
+        if resume_step and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if _line_step(line) <= resume_step]
+            blob = "".join(kept).encode()
+            atomic_write(self.path, lambda f: f.write(blob))
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                        purge_step=resume_step or None)
             except ImportError:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
@@ -267,6 +320,13 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _line_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a torn last line from a killed process: drop it
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -316,11 +376,15 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
 
     pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp(run_dir / "checkpoints")
+            _write_run_info(run_dir, cfg, ctx, pretrain)
+        except OSError as e:
+            raise CheckpointError(f"cannot write to the run folder {run_dir}: "
+                                  f"{e.strerror or e}") from None
     distributed.barrier()
     setup_logging(run_dir, ctx.is_main)
-    if ctx.is_main:
-        _write_run_info(run_dir, cfg, ctx, pretrain)
 
     run = build_run(cfg, ctx, pretrain)
     step, best_knn = 0, -1.0
@@ -333,7 +397,7 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
     spe = run.batches.steps_per_epoch
     last_step = run.total_steps if cfg.max_steps is None else min(run.total_steps, cfg.max_steps)
     monitor = Monitor(cfg, ctx.device) if cfg.knn_every and ctx.is_main else None
-    metrics = MetricsLog(run_dir, cfg.tensorboard) if ctx.is_main else None
+    metrics = MetricsLog(run_dir, cfg.tensorboard, step) if ctx.is_main else None
     log.info("fastclr: %s on %s, %s images %s, %s (width %s, %s stem), global batch %d, "
              "%d epochs = %d steps, peak lr %.3g (%s), world size %d",
              cfg.name, ctx.device, len(pretrain), tuple(pretrain.images.shape[1:]), cfg.arch,
@@ -359,63 +423,75 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         prune_checkpoints(run_dir, cfg.keep_checkpoints)
 
     device = ctx.device
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)  # finite losses since the last log line
     good = torch.zeros((), device=device)
-    skipped = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device)  # every process skips the same steps
     bad_run = torch.zeros((), device=device)  # current streak of non-finite steps
     worst_run = torch.zeros((), device=device)
     loop_start = tick = time.perf_counter()
     tick_step = step
     run.forward.train()
-    while step < last_step:
-        epoch = step // spe
-        for images in run.batches.epoch(epoch, start=step % spe):
-            loss, bad = run.train_step(images, step)
-            loss_sum += torch.where(bad, 0.0, loss)
-            good += (~bad).float()
-            skipped += bad.float()
-            bad_run = (bad_run + 1) * bad.float()
-            worst_run = torch.maximum(worst_run, bad_run)
-            step += 1
-            done = step >= last_step
-            if step % cfg.log_every == 0 or done or step % spe == 0:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                now = time.perf_counter()
-                stats = torch.stack([loss_sum, good, skipped, worst_run])
-                stats = distributed.all_reduce_sum(stats) if ctx.world_size > 1 else stats
-                loss_v, good_v, skipped_v, worst_v = stats.tolist()
-                views = 2 * cfg.batch_size * (step - tick_step) / max(now - tick, 1e-9)
-                mean_loss = loss_v / good_v if good_v else float("nan")
-                lr = run.optimizer.param_groups[0]["lr"]
-                if metrics is not None:
-                    metrics.write(step, {"epoch": step / spe, "loss": mean_loss, "lr": lr,
-                                         "views_per_s": views, "skipped_steps": skipped_v})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
-                                    views_s=f"{views:.0f}", refresh=False)
-                    bar.update(step - bar.n)
-                if worst_v >= cfg.max_nonfinite:
-                    raise FloatingPointError(
-                        f"{int(worst_v)} non-finite losses in a row by step {step} (lr {lr:.3g}); "
-                        "those steps were skipped and the last checkpoint is intact. Try a lower "
-                        "base_lr, a longer warmup or --precision fp32.")
-                loss_sum.zero_(); good.zero_()
-                tick, tick_step = time.perf_counter(), step
-            if step % cfg.checkpoint_every == 0 and not done:
-                save(step)
+    with StopSignals() as signals:
+        while step < last_step:
+            for images in run.batches.epoch(step // spe, start=step % spe):
+                loss, bad = run.train_step(images, step)
+                loss_sum += torch.where(bad, 0.0, loss)
+                good += (~bad).float()
+                skipped += bad.float()
+                bad_run = (bad_run + 1) * bad.float()
+                worst_run = torch.maximum(worst_run, bad_run)
+                step += 1
+                done = step >= last_step
+                # one process acts on a signal at once; several agree at the next log line
+                stop = signals.received is not None and ctx.world_size == 1
+                if step % cfg.log_every == 0 or done or step % spe == 0 or stop:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    now = time.perf_counter()
+                    flag = torch.tensor(float(signals.received is not None), device=device)
+                    summed = torch.stack([loss_sum, good, flag])
+                    if ctx.world_size > 1:
+                        summed = distributed.all_reduce_sum(summed)
+                    loss_v, good_v, stop_v = summed.tolist()
+                    skipped_v, worst_v = skipped.item(), worst_run.item()
+                    views = 2 * cfg.batch_size * (step - tick_step) / max(now - tick, 1e-9)
+                    mean_loss = loss_v / good_v if good_v else float("nan")
+                    lr = run.optimizer.param_groups[0]["lr"]
+                    if metrics is not None:
+                        metrics.write(step, {"epoch": step / spe, "loss": mean_loss, "lr": lr,
+                                             "views_per_s": views, "skipped_steps": skipped_v})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
+                                        views_s=f"{views:.0f}", refresh=False)
+                        bar.update(step - bar.n)
+                    if worst_v >= cfg.max_nonfinite:
+                        raise FloatingPointError(
+                            f"{int(worst_v)} non-finite losses in a row by step {step} (lr "
+                            f"{lr:.3g}); those steps were skipped and the last checkpoint is "
+                            "intact. Try a lower base_lr, a longer warmup or --precision fp32.")
+                    if stop_v > 0 and not done:
+                        save(step)
+                        if bar is not None:
+                            bar.close()
+                        raise Stopped(signals.received or "a signal on another process", step,
+                                      checkpoint_path(run_dir, step))
+                    loss_sum.zero_()
+                    good.zero_()
+                    tick, tick_step = time.perf_counter(), step
+                if step % cfg.checkpoint_every == 0 and not done:
+                    save(step)
+                    tick = time.perf_counter()
+                if done:
+                    break
+            if step % spe == 0 and monitor is not None and (step // spe) % cfg.knn_every == 0:
+                knn = monitor(run.model.encoder)
+                better = knn > best_knn
+                best_knn = max(best_knn, knn)
+                log.info("epoch %d: kNN top-1 %.2f%% (monitor: %d bank / %d query images)",
+                         step // spe, 100 * knn, len(monitor.bank), len(monitor.query))
+                metrics.write(step, {"epoch": step / spe, "knn_top1": knn})
+                save(step, best=better)
                 tick = time.perf_counter()
-            if done:
-                break
-        if step % spe == 0 and monitor is not None and (step // spe) % cfg.knn_every == 0:
-            knn = monitor(run.model.encoder)
-            better = knn > best_knn
-            best_knn = max(best_knn, knn)
-            log.info("epoch %d: kNN top-1 %.2f%% (monitor: %d bank / %d query images)",
-                     step // spe, 100 * knn, len(monitor.bank), len(monitor.query))
-            metrics.write(step, {"epoch": step / spe, "knn_top1": knn})
-            save(step, best=better)
-            tick = time.perf_counter()
     if bar is not None:
         bar.close()
     if ctx.is_main and latest_checkpoint(run_dir) != checkpoint_path(run_dir, step):

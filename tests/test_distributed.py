@@ -1,0 +1,125 @@
+"""Distributed maths is tested, not trusted (STYLE.md): 2 processes == 1 process, on gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import SAMPLE, tiny_config
+
+pytestmark = pytest.mark.distributed
+
+N = 16  # global batch of images
+
+
+def _images():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (N, 1, 28, 28), dtype=torch.uint8, generator=g)
+
+
+class FixedViews:
+    """Deterministic 'augmentation' so that both set-ups see exactly the same views."""
+
+    def two_views(self, images, generator):
+        x = images.float() / 255
+        return x, x.flip(-1).roll(3, dims=-2)
+
+
+def _plain_gather(x):
+    """The classic bug: all_gather without gradient, own slot put back so local grads flow."""
+    import torch.distributed as dist
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def one_step(rank, world, out, broken, port=0):
+    """One training step through the real Run.train_step; saves loss and parameters."""
+    from fastclr import distributed, loss
+    from fastclr.data import ImageSet
+    from fastclr.train import build_run
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if broken:
+        loss.gather_with_grad = _plain_gather
+    ctx = distributed.setup("cpu")
+    try:
+        cfg = tiny_config(out, batch_size=N, warmup_epochs=0.0, sync_bn=True, width=0.125,
+                          optimizer="lars", base_lr=0.3)
+        images = _images()
+        run = build_run(cfg, ctx, ImageSet(images, None))
+        run.augment = FixedViews()
+        local = images[rank * N // world: (rank + 1) * N // world]
+        step_loss, _ = run.train_step(local, step=0)
+        total = distributed.all_reduce_sum(step_loss.clone()) / world
+        torch.save({"loss": total, "params": {k: v.detach().clone() for k, v in
+                                              run.model.state_dict().items()}},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        distributed.teardown()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _compare(tmp_path, broken):
+    single, double = tmp_path / "one", tmp_path / "two"
+    single.mkdir(), double.mkdir()
+    one_step(0, 1, single, broken=False)
+    mp.spawn(one_step, args=(2, double, broken, _free_port()), nprocs=2, join=True)
+    a = torch.load(single / "rank0.pt")
+    b0, b1 = torch.load(double / "rank0.pt"), torch.load(double / "rank1.pt")
+    for k in a["params"]:  # both ranks hold the same model after the step
+        assert torch.equal(b0["params"][k], b1["params"][k])
+    return a, b0
+
+
+def _mismatch(a, b):
+    """Names of floating-point tensors that differ beyond relative tolerance 1e-5."""
+    return [k for k, v in a["params"].items() if v.is_floating_point()
+            and not torch.allclose(b["params"][k], v, rtol=1e-5, atol=1e-7)]
+
+
+def test_two_processes_equal_one(tmp_path):
+    a, b = _compare(tmp_path, broken=False)
+    assert b["loss"].item() == pytest.approx(a["loss"].item(), rel=1e-5)
+    assert _mismatch(a, b) == []
+
+
+def test_the_comparison_catches_a_gather_without_gradient(tmp_path):
+    a, b = _compare(tmp_path, broken=True)
+    # the loss value itself cannot tell: the bug lives only in the backward pass
+    assert b["loss"].item() == pytest.approx(a["loss"].item(), rel=1e-5)
+    assert len(_mismatch(a, b)) > 10  # but the updated weights are wrong
+
+
+@pytest.mark.slow
+def test_torchrun_trains_then_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+            "--master-port", str(_free_port()), "-m", "fastclr", "train", "--data-dir",
+            str(SAMPLE), "--width", "0.125", "--stem", "small-s2", "--batch-size", "32",
+            "--epochs", "1", "--run-dir", str(run_dir), "--log-every", "1", "--threads", "1",
+            "--tensorboard", "false", "--final-eval", "false", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "ckpt-00000002.pt").is_file()
+    second = subprocess.run(base + ["--max-steps", "4"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from" in second.stdout and "at step 2" in second.stdout
+    assert "world size 2" in second.stdout
+    assert (run_dir / "checkpoints" / "ckpt-00000004.pt").is_file()
