@@ -35,8 +35,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     try:
         for i in range(0, len(images), batch_size):
             x = images[i: i + batch_size].to(device, non_blocking=True).float().div_(255)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 out.append(encoder(x).float())
     finally:

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from every process along dim 0, keeping the autograd graph.
 
-    torch.distributed.nn's all_gather sums the incoming gradients across processes in its
+    PyTorch's functional all_gather sums the incoming gradients across processes in its
     backward (a reduce-scatter), which is what makes each process's loss reach the views that
     other processes computed. A plain dist.all_gather would cut those gradients.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x), dim=0)
+    import torch.distributed._functional_collectives as funcol
+    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,

