@@ -56,6 +56,11 @@ def cmd_train(args) -> int:
     run_dir = train(cfg, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0 or not cfg.final_eval:
         return 0
+    from fastclr.data import is_labeled
+    if not is_labeled(cfg.data):
+        print(f"{cfg.data} has no labels: skipping the linear-probe and kNN evaluation; the "
+              f"encoder is {run_dir / 'encoder.safetensors'}", flush=True)
+        return 0
     print(f"evaluating the frozen encoder on {cfg.data} (linear probe and kNN)...", flush=True)
     report = evaluate_run(run_dir, cfg, resolve_device(cfg.device), cfg.baselines)
     _print_report(report, run_dir)
@@ -88,6 +93,28 @@ def cmd_eval(args) -> int:
         cfg.data_dir = args.data_dir
     report = evaluate_run(run_dir, cfg, resolve_device(args.device), not args.no_baselines)
     _print_report(report, run_dir)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fastclr.data import describe
+
+    for row in describe(args.data_dir):
+        labels = "labeled" if row["labeled"] else "unlabeled"
+        if row["found"]:
+            roots = set(row["found"].values())
+            where = roots.pop() if len(roots) == 1 else \
+                ", ".join(f"{split}: {root}" for split, root in row["found"].items())
+            missing = f" (missing: {', '.join(row['missing'])})" if row["missing"] else ""
+            print(f"{row['name']:16} {labels:9}  {row['held']:9}  found  {where}{missing}")
+        else:
+            print(f"{row['name']:16} {labels:9}  {row['held']:9}  not found")
+            print(f"{'':16} looked in {', '.join(row['looked_in'])}")
+            print(f"{'':16} {row['how_to_get']}")
+    print(f"{'folder:PATH':16} {'unlabeled':9}  {'streamed':9}  your own folder of images "
+          "(jpg, jpeg, png, webp, bmp; subfolders too)")
+    print(f"{'imagefolder:PATH':16} {'labeled':9}  {'streamed':9}  PATH/train/<class>/* and "
+          "PATH/val/<class>/*")
     return 0
 
 
@@ -125,6 +152,15 @@ def build_parser() -> Parser:
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="list the data sets, where they are looked for, and "
+                       "whether they are found",
+                       description="List the data sets fastclr reads, how each is held "
+                       "(in memory or streamed from files), and where it was found or how to "
+                       "get it.")
+    p.add_argument("--data-dir", default=None, help="also look in this directory (as "
+                   "`fastclr train --data-dir` would)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

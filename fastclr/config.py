@@ -35,7 +35,8 @@ def _opt(default, help: str, group: str, choices: tuple | None = None, **kw):
 class Config:
     # ---- data ------------------------------------------------------------------------------
     data: str = _opt("fashion-mnist", "data set to pretrain on: a registered name (see "
-                     "`fastclr data`) or folder:PATH for your own images", "data")
+                     "`fastclr data`), folder:PATH for your own images (unlabeled) or "
+                     "imagefolder:PATH for PATH/train/<class>/*, PATH/val/<class>/*", "data")
     data_dir: str | None = _opt(None, "directory holding the data set's files in their official "
                                 "format; default: the known system and cache locations", "data")
     download: bool = _opt(False, "download the data set through torchvision if it is missing "
@@ -179,8 +180,10 @@ class Config:
             raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if not (self.data.startswith("folder:") or self.data.replace("-", "").isalnum()):
-            raise ConfigError(f"data must be a data set name or folder:PATH; got {self.data!r}")
+        if not (self.data.startswith(("folder:", "imagefolder:"))
+                or self.data.replace("-", "").isalnum()):
+            raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
+                              f"got {self.data!r}")
         return self
 
     def to_dict(self) -> dict:

@@ -1,23 +1,43 @@
-"""Data sets by name, read from their official on-disk formats, and the batches a run draws.
+"""Data sets by name, read from their official on-disk formats, and what a run pretrains on.
 
-Small data sets live whole in memory as uint8 (N, C, H, W), on the training device, so a step
-never touches the CPU for data (DESIGN: data flow). Nothing is fetched from a network unless
-the user asks for it with `download=True`.
+Two kinds of data set (DESIGN: data flow):
+
+- Fixed-format sets (MNIST, Fashion-MNIST, CIFAR-10/100, STL-10, Tiny ImageNet) live whole in
+  memory as uint8 (N, C, H, W), moved once to the training device, so a step never touches the
+  CPU for data. The largest, STL-10's 105k pretraining images at 96 px, is 2.9 GB.
+- Folder sets (`imagenet`, `imagefolder:PATH`, `folder:PATH`) are always streamed: the run
+  holds an index of paths, and DataLoader workers decode and crop each file every epoch (see
+  batches.StreamingBatches). A folder's size and its images' sizes are unknown in advance, so
+  holding it in memory would mean fixing one crop per image for the whole run and decoding the
+  entire folder before the first step; streaming keeps memory bounded for any folder and
+  draws a fresh crop from the full file every epoch. Evaluation, which needs no new crop per
+  epoch, decodes a labeled folder once at the training resolution (`load_split`).
+
+Nothing is fetched from a network unless the user asks for it with `download=True`.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
+from fastclr.batches import InMemoryBatches, StreamingBatches
 from fastclr.errors import DataError
+from fastclr.formats import read_idx  # noqa: F401  (public: fastclr.data.read_idx)
+from fastclr.images import FolderIndex, decode_many, fingerprint
 
 CACHE_DIR = Path(os.environ.get("FASTCLR_CACHE", Path.home() / ".cache" / "fastclr"))
+
+# Streamed sets are normalised with the ImageNet statistics (torchvision's constants) instead
+# of statistics measured on the folder: they are exact for ImageNet, close for photos in
+# general, cost no decoding at start-up, and the encoder's first BatchNorm absorbs any
+# remaining per-channel offset and scale.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -29,26 +49,32 @@ class ImageSet:
     classes: list[str] | None = None
     name: str = ""
     source: str = ""
+    fingerprint: str = ""  # sha256 of the files read (see images.fingerprint)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not read
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = None if self.labels is None else self.labels[index]
-        return ImageSet(self.images[index], labels, self.classes, self.name, self.source)
+        return ImageSet(self.images[index], labels, self.classes, self.name, self.source,
+                        self.fingerprint, self.skipped)
 
 
 @dataclass
 class DatasetSpec:
     """How to find, read and (where a network exists) download one named data set.
 
-    `read(root, split)` returns an ImageSet from a directory that holds the files; `files`
-    names what must exist there for a split (used to find the directory); `pretrain` names the
-    split(s) pretraining uses; `train`/`test` the labeled splits evaluation uses.
+    A fixed-format set has `read(root, split)` -> ImageSet; a folder set has
+    `index(root, split)` -> FolderIndex and is streamed. `files` names what must exist in a
+    directory (files or folders) for it to hold a split; `pretrain` names the split(s)
+    pretraining uses; `train`/`test` the labeled splits evaluation uses. `root` pins a folder
+    set given by path (folder:PATH), which --data-dir does not move; `size` is the side streamed
+    images are cropped to when the config sets no image_size.
     """
 
     name: str
-    read: Callable[[Path, str], ImageSet]
+    read: Callable[[Path, str], ImageSet] | None
     files: Callable[[str], list[str]]
     how_to_get: str
     pretrain: tuple[str, ...] = ("train",)
@@ -57,9 +83,19 @@ class DatasetSpec:
     search: tuple[str, ...] = ()
     download: Callable[[Path], None] | None = None
     splits: tuple[str, ...] = ("train", "test")
+    index: Callable[[Path, str], FolderIndex] | None = None
+    labeled: bool = True
+    size: int | None = None
+    root: Path | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.index is not None
 
 
 DATASETS: dict[str, DatasetSpec] = {}
+# "folder" -> function(name, path) -> DatasetSpec, for --data folder:PATH and the like
+PATH_KINDS: dict[str, Callable[[str, Path], DatasetSpec]] = {}
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
@@ -72,155 +108,218 @@ def list_datasets() -> list[str]:
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """The spec of a registered name, or of `folder:PATH` / `imagefolder:PATH`."""
+    kind, sep, path = name.partition(":")
+    if sep and kind in PATH_KINDS:
+        if not path:
+            raise DataError(f"{kind}: needs a path, as in {kind}:/data/photos")
+        return PATH_KINDS[kind](name, Path(path).expanduser().absolute())
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}, "
-                        "or folder:PATH for a folder of images")
+                        "or folder:PATH for a folder of images, imagefolder:PATH for class "
+                        "folders (see `fastclr data`)")
     return DATASETS[name]
 
 
-def find_root(spec: DatasetSpec, split: str, data_dir: str | Path | None) -> Path | None:
-    """The first candidate directory that holds every file the split needs."""
-    wanted = spec.files(split)
+def is_labeled(name: str) -> bool:
+    return get_spec(name).labeled
+
+
+def candidate_roots(spec: DatasetSpec, data_dir: str | Path | None) -> list[Path]:
+    """The directories searched for the data set's files, in order."""
+    if spec.root is not None:
+        return [spec.root]
     relative = [s for s in spec.search if not Path(s).is_absolute()]
     if data_dir is not None:
         base = Path(data_dir).expanduser()
-        candidates = [base, base / spec.name, *(base / s for s in relative)]
-    else:
-        cache = CACHE_DIR / spec.name
-        candidates = [*(Path(s) for s in spec.search if Path(s).is_absolute()), cache,
-                      *(cache / s for s in relative)]
-    for root in candidates:
-        if all(_exists_maybe_gz(root / f) for f in wanted):
+        return [base, *(base / s for s in relative), base / spec.name,
+                *(base / spec.name / s for s in relative)]
+    cache = CACHE_DIR / spec.name
+    return [*(Path(s) for s in spec.search if Path(s).is_absolute()), cache,
+            *(cache / s for s in relative)]
+
+
+def find_root(spec: DatasetSpec, split: str, data_dir: str | Path | None) -> Path | None:
+    """The first candidate directory that holds everything the split needs."""
+    wanted = spec.files(split)
+    for root in candidate_roots(spec, data_dir):
+        if root.is_dir() and all(_exists_maybe_gz(root / f) for f in wanted):
             return root
     return None
 
 
 def _exists_maybe_gz(path: Path) -> bool:
-    return path.is_file() or path.with_name(path.name + ".gz").is_file()
+    return path.exists() or path.with_name(path.name + ".gz").is_file()
 
 
-def load_split(name: str, split: str, data_dir: str | Path | None = None,
-               download: bool = False) -> ImageSet:
-    """Read one split of a named data set; a missing one is a DataError that says how to get it."""
-    spec = get_spec(name)
+def _locate(spec: DatasetSpec, split: str, data_dir, download: bool) -> Path:
     if split not in spec.splits:
-        raise DataError(f"{name} has no split {split!r}; it has {', '.join(spec.splits)}")
+        raise DataError(f"{spec.name} has no split {split!r}; it has {', '.join(spec.splits)}")
     root = find_root(spec, split, data_dir)
-    if root is None and download:
+    if root is None and download and spec.root is None:
         if spec.download is None:
-            raise DataError(f"{name} cannot be downloaded automatically. {spec.how_to_get}")
+            raise DataError(f"{spec.name} cannot be downloaded automatically. {spec.how_to_get}")
         target = Path(data_dir).expanduser() if data_dir else CACHE_DIR / spec.name
         try:
             spec.download(target)
         except Exception as e:  # any network or disk failure: one clear line
-            raise DataError(f"downloading {name} to {target} failed ({type(e).__name__}: {e}). "
-                            f"{spec.how_to_get}") from None
+            raise DataError(f"downloading {spec.name} to {target} failed ({type(e).__name__}: "
+                            f"{e}). {spec.how_to_get}") from None
         root = find_root(spec, split, target)
     if root is None:
+        if spec.root is not None:
+            raise DataError(f"{spec.name}: {spec.root} is not a folder. {spec.how_to_get}")
         where = f"in {data_dir}" if data_dir else "in the usual places"
-        raise DataError(f"{name} ({split} split) not found {where}. {spec.how_to_get}")
-    images = spec.read(root, split)
-    images.name, images.source = name, str(root)
-    if len(images) == 0:
-        raise DataError(f"{name} ({split} split) in {root} holds no images")
-    return images
+        raise DataError(f"{spec.name} ({split} split) not found {where}. {spec.how_to_get}")
+    return root
 
 
-def load_pretrain(name: str, data_dir=None, download: bool = False) -> ImageSet:
-    """All images pretraining may use (labels dropped when splits are concatenated)."""
-    spec = get_spec(name)
-    parts = [load_split(name, s, data_dir, download) for s in spec.pretrain]
-    if len(parts) == 1:
-        return parts[0]
-    return ImageSet(torch.cat([p.images for p in parts]), None, parts[0].classes, name,
-                    parts[0].source)
+def _files_fingerprint(root: Path, names: list[str]) -> list[tuple[str, int]]:
+    """(name, size) of a fixed-format set's files, for `images.fingerprint`."""
+    entries = []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            path = path.with_name(path.name + ".gz")
+        entries.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    return entries
 
 
-# ---- IDX (MNIST, Fashion-MNIST) ------------------------------------------------------------
+def _index(spec: DatasetSpec, root: Path, split: str) -> FolderIndex:
+    index = spec.index(root, split)
+    if len(index) == 0:
+        some = "; ".join(f"{p} ({why})" for p, why in index.skipped[:3])
+        more = f": {some}{' ...' if len(index.skipped) > 3 else ''}" if some else ""
+        raise DataError(f"{spec.name}: no readable image in {index.root} ({len(index.skipped)} "
+                        f"unreadable{more}; {index.ignored} other files ignored). "
+                        f"{spec.how_to_get}")
+    return index
 
-_IDX_TYPES = {0x08: torch.uint8}
+
+def _sample(n: int, sample: int | None) -> torch.Tensor | None:
+    """A fixed random subset of at most `sample` of n rows (seed 0), or None for all."""
+    if sample is None or sample >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample]
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (optionally .gz) as in LeCun's MNIST format description."""
-    if not path.is_file():
-        path = path.with_name(path.name + ".gz")
+def _memory_budget() -> int:
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path} has a truncated IDX header")
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    count = 1
-    for s in shape:
-        count *= s
-    if len(raw) - header != count:
-        raise DataError(f"{path} holds {len(raw) - header} bytes of data; its header says "
-                        f"{count} (truncated or corrupt file)")
-    if count == 0:  # frombuffer refuses an empty buffer
-        return torch.empty(shape, dtype=torch.uint8)
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
-def _idx_reader(prefixes: dict[str, str], classes: list[str]):
-    def read(root: Path, split: str) -> ImageSet:
-        p = prefixes[split]
-        images = read_idx(root / f"{p}-images-idx3-ubyte")
-        labels = read_idx(root / f"{p}-labels-idx1-ubyte")
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{root}: images {tuple(images.shape)} and labels "
-                            f"{tuple(labels.shape)} do not match")
-        if int(labels.max()) >= len(classes):
-            raise DataError(f"{root}: label {int(labels.max())} out of range")
-        return ImageSet(images.unsqueeze(1).contiguous(), labels.long(), classes)
-    return read
+def load_split(name: str, split: str, data_dir: str | Path | None = None,
+               download: bool = False, size: int | None = None,
+               sample: int | None = None) -> ImageSet:
+    """Read one split of a data set into memory; a missing one is a DataError saying how to get it.
+
+    Fixed-format sets come at their stored size. A folder set's images are decoded once as
+    size x size (the centred largest square, resized; default: the spec's size), the view
+    evaluation feeds the encoder. `sample` keeps a fixed random subset of at most that many
+    images (decoding only those, for a folder set).
+    """
+    spec = get_spec(name)
+    root = _locate(spec, split, data_dir, download)
+    if spec.streamed:
+        index = _index(spec, root, split)
+        side = size or spec.size
+        rows = _sample(len(index), sample)
+        rows = range(len(index)) if rows is None else rows.tolist()
+        if len(rows) * 3 * side * side > _memory_budget():
+            raise DataError(f"{name} ({split}) would take {len(rows) * 3 * side * side / 2**30:.0f}"
+                            f" GiB decoded at {side} px, more than half of this machine's memory;"
+                            " evaluate on a subset or a smaller image_size")
+        images, kept, failures = decode_many([index.path(i) for i in rows], side)
+        labels = None
+        if index.labels is not None:
+            labels = torch.from_numpy(index.labels[list(rows)])[kept]
+        result = ImageSet(images, labels, index.classes, name, str(root), index.fingerprint,
+                          index.skipped + failures)
+    else:
+        result = spec.read(root, split)
+        result.name, result.source = name, str(root)
+        if not result.fingerprint:
+            result.fingerprint = fingerprint(_files_fingerprint(root, spec.files(split)))
+        rows = _sample(len(result), sample)
+        if rows is not None:
+            result = result.subset(rows)
+    if len(result) == 0:
+        raise DataError(f"{name} ({split} split) in {root} holds no images")
+    return result
 
 
-def _idx_files(prefixes: dict[str, str]):
-    return lambda split: [f"{prefixes[split]}-images-idx3-ubyte",
-                          f"{prefixes[split]}-labels-idx1-ubyte"]
+# ---- what pretraining reads ------------------------------------------------------------------
 
 
-def _torchvision_download(cls_name: str):
-    def download(target: Path) -> None:
-        import torchvision.datasets as tvd
-        getattr(tvd, cls_name)(root=str(target), download=True)
-    return download
+@dataclass
+class Pretrain:
+    """The images a run pretrains on, described without decoding a folder.
+
+    Exactly one of `images` (uint8 (N, C, H, W), in memory) and `index` (files, streamed) is
+    set; `shape` is (C, S, S) of what the batches yield; `mean`/`std` are the per-channel input
+    statistics the encoder normalises with.
+    """
+
+    name: str
+    source: str
+    count: int
+    shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+    fingerprint: str
+    images: torch.Tensor | None = None
+    index: FolderIndex | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def streamed(self) -> bool:
+        return self.index is not None
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor, name: str = "", source: str = "",
+                    fingerprint: str = "", skipped=()) -> "Pretrain":
+        """uint8 (N, C, H, W) images held in memory, normalised with their own statistics."""
+        mean, std = channel_stats(images)
+        return cls(name, source, len(images), tuple(images.shape[1:]), mean, std, fingerprint,
+                   images=images, skipped=list(skipped))
 
 
-_MNIST_PREFIX = {"train": "train", "test": "t10k"}
-
-register(DatasetSpec(
-    name="fashion-mnist",
-    read=_idx_reader(_MNIST_PREFIX, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
-    files=_idx_files(_MNIST_PREFIX),
-    how_to_get=("Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
-                "/usr/share/datasets/fashion-mnist), pass --data-dir DIR holding the four IDX "
-                "files, or add --download where a network exists."),
-    search=("/usr/share/datasets/fashion-mnist", "FashionMNIST/raw", "fashion-mnist"),
-    download=_torchvision_download("FashionMNIST"),
-))
-
-register(DatasetSpec(
-    name="mnist",
-    read=_idx_reader(_MNIST_PREFIX, [str(i) for i in range(10)]),
-    files=_idx_files(_MNIST_PREFIX),
-    how_to_get=("Pass --data-dir DIR holding the four MNIST IDX files (train-images-idx3-ubyte "
-                "...), or add --download where a network exists."),
-    search=("/usr/share/datasets/mnist", "MNIST/raw", "mnist"),
-    download=_torchvision_download("MNIST"),
-))
+def load_pretrain(name: str, data_dir=None, download: bool = False,
+                  image_size: int | None = None) -> Pretrain:
+    """All images pretraining may use: fixed sets loaded (labels dropped), folders indexed."""
+    spec = get_spec(name)
+    if spec.streamed:
+        if len(spec.pretrain) != 1:
+            raise ValueError(f"{name}: a streamed set pretrains on one split")
+        root = _locate(spec, spec.pretrain[0], data_dir, download)
+        index = _index(spec, root, spec.pretrain[0])
+        side = image_size or spec.size
+        return Pretrain(name, str(index.root), len(index), (3, side, side), IMAGENET_MEAN,
+                        IMAGENET_STD, index.fingerprint, index=index, skipped=index.skipped)
+    parts = [load_split(name, s, data_dir, download) for s in spec.pretrain]
+    source, skipped = parts[0].source, [x for p in parts for x in p.skipped]
+    if len(parts) == 1:
+        images, fp = parts[0].images, parts[0].fingerprint
+    else:  # e.g. STL-10: unlabeled + train; the hash covers each split's files
+        fp = fingerprint((f"{s}:{p.fingerprint}", len(p)) for s, p in zip(spec.pretrain, parts))
+        images = torch.cat([p.images for p in parts])
+    del parts  # after a cat, free the pieces (STL-10: 2.9 GB)
+    return Pretrain.from_images(images, name, source, fp, skipped)
 
 
-# ---- batches ---------------------------------------------------------------------------------
+def pretrain_batches(pretrain: Pretrain, batch_size: int, seed: int, rank: int = 0,
+                     world_size: int = 1, device: torch.device | str = "cpu",
+                     num_workers: int = 2) -> InMemoryBatches | StreamingBatches:
+    """The batch source of a run: images moved to the device once, or files streamed."""
+    if pretrain.streamed:
+        return StreamingBatches(pretrain.index, pretrain.shape[-1], batch_size, seed, rank,
+                                world_size, device, num_workers)
+    return InMemoryBatches(pretrain.images.to(device), batch_size, seed, rank, world_size)
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[list[float], list[float]]:
@@ -230,35 +329,20 @@ def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[list[
     return sample.mean(dims).tolist(), sample.std(dims).clamp_min(1e-3).tolist()
 
 
-class InMemoryBatches:
-    """Epochs of uint8 batches from images held on the training device.
+def describe(data_dir: str | Path | None = None) -> list[dict]:
+    """For `fastclr data`: each registered set, how it is held, where it is looked for, found?"""
+    rows = []
+    for name in list_datasets():
+        spec = DATASETS[name]
+        found = {s: find_root(spec, s, data_dir) for s in spec.splits}
+        rows.append({"name": name, "labeled": spec.labeled,
+                     "held": "streamed" if spec.streamed else "in memory",
+                     "found": {s: str(r) for s, r in found.items() if r is not None},
+                     "missing": [s for s, r in found.items() if r is None],
+                     "looked_in": [str(p) for p in candidate_roots(spec, data_dir)],
+                     "how_to_get": spec.how_to_get})
+    return rows
 
-    The global batch is cut from one permutation per epoch (seeded by seed and epoch, so a
-    resumed run sees the same order), and each of `world_size` processes takes its own slice:
-    together the processes see exactly what one process with the global batch would.
-    """
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
-        if batch_size % world_size:
-            raise DataError(f"batch_size {batch_size} is not divisible by the {world_size} "
-                            "processes")
-        if len(images) < batch_size:
-            raise DataError(f"the data set has {len(images)} images, fewer than one batch of "
-                            f"{batch_size}")
-        self.images = images
-        self.batch_size = batch_size
-        self.local = batch_size // world_size
-        self.seed, self.rank = seed, rank
-        self.steps_per_epoch = len(images) // batch_size  # the last partial batch is dropped
 
-    def order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.images), generator=g)
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """uint8 (B / world_size, C, H, W) batches of `epoch`, from batch number `start` on."""
-        order = self.order(epoch).to(self.images.device)
-        for i in range(start, self.steps_per_epoch):
-            begin = i * self.batch_size + self.rank * self.local
-            yield self.images[order[begin: begin + self.local]]
+from fastclr import datasets as _builtin  # noqa: E402,F401  registers the built-in data sets

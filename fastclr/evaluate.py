@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastclr.images import center_view
+
 
 def _autocast(device: torch.device):
     if device.type == "cuda":
@@ -26,8 +28,13 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """h = f(x) for uint8 images (N, C, H, W): float32 (N, feat_dim) on `device`, eval mode."""
+                     device: torch.device | str = "cpu", size: int | None = None) -> torch.Tensor:
+    """h = f(x) for uint8 images (N, C, H, W): float32 (N, feat_dim) on `device`, eval mode.
+
+    With `size` (the training resolution), images of another size are first resized (shorter
+    side) and centre-cropped to size x size, so the encoder sees objects at the scale it was
+    trained on; images already size x size pass unchanged.
+    """
     device = torch.device(device)
     was_training = encoder.training
     encoder.eval()
@@ -35,6 +42,8 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     try:
         for i in range(0, len(images), batch_size):
             x = images[i: i + batch_size].to(device, non_blocking=True).float().div_(255)
+            if size is not None:
+                x = center_view(x, size)  # (n, C, size, size)
             x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 out.append(encoder(x).float())
@@ -148,11 +157,11 @@ def evaluate_features(train_x, train_y, test_x, test_y, k: int = 200,
 
 
 def evaluate_encoder(encoder: nn.Module, train, test, device, batch_size: int = 512,
-                     k: int = 200, temperature: float = 0.1) -> dict:
+                     k: int = 200, temperature: float = 0.1, size: int | None = None) -> dict:
     """Linear probe and kNN of a frozen encoder on labeled ImageSets (train fits, test scores)."""
     device = torch.device(device)
-    f_train = extract_features(encoder, train.images, batch_size, device)
-    f_test = extract_features(encoder, test.images, batch_size, device)
+    f_train = extract_features(encoder, train.images, batch_size, device, size)
+    f_test = extract_features(encoder, test.images, batch_size, device, size)
     return evaluate_features(f_train, train.labels, f_test, test.labels, k, temperature)
 
 
@@ -167,19 +176,20 @@ def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
 
 def standard_report(encoder: nn.Module, train, test, device, baselines: bool = True,
                     batch_size: int = 512, k: int = 200, temperature: float = 0.1,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, size: int | None = None) -> dict:
     """The main job's table: trained encoder, random-init encoder and raw pixels.
 
-    Top-1 values are fractions in [0, 1] of the test set.
+    Top-1 values are fractions in [0, 1] of the test set; `size` is the training resolution
+    the encoders see (see extract_features).
     """
     start = time.perf_counter()
-    trained = evaluate_encoder(encoder, train, test, device, batch_size, k, temperature)
+    trained = evaluate_encoder(encoder, train, test, device, batch_size, k, temperature, size)
     report = {"linear_top1": trained["linear_top1"], "linear_top5": trained["linear_top5"],
               "knn_top1": trained["knn_top1"], "feature_dim": int(encoder.feat_dim),
               "eval_train_images": len(train), "eval_test_images": len(test)}
     if baselines:
         rand = evaluate_encoder(random_init_like(encoder, seed + 1), train, test, device,
-                                batch_size, k, temperature)
+                                batch_size, k, temperature, size)
         dev = torch.device(device)
         pix = evaluate_features(pixel_features(train.images).to(dev), train.labels,
                                 pixel_features(test.images).to(dev), test.labels, k,
@@ -211,16 +221,21 @@ def evaluate_run(run_dir, cfg, device, baselines: bool = True) -> dict:
 
     from fastclr.checkpoint import atomic_write, load_encoder
     from fastclr.data import get_spec, load_split
+    from fastclr.errors import DataError
 
     run_dir = Path(run_dir)
     device = torch.device(device)
-    encoder = load_encoder(run_dir / "encoder.safetensors", device)
     spec = get_spec(cfg.data)
-    train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download)
-    test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download)
+    if not spec.labeled:
+        raise DataError(f"{cfg.data} has no labels, so there is no linear probe or kNN score to "
+                        f"compute; the encoder is {run_dir / 'encoder.safetensors'}")
+    encoder = load_encoder(run_dir / "encoder.safetensors", device)
+    size = cfg.image_size  # None: the stored size, which training used too
+    train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download, size=size)
+    test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download, size=size)
     report = {"data": cfg.data, "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs,
               **standard_report(encoder, train, test, device, baselines, cfg.eval_batch_size,
-                                cfg.knn_k, cfg.knn_temperature, cfg.seed)}
+                                cfg.knn_k, cfg.knn_temperature, cfg.seed, size)}
     try:
         times = json.loads((run_dir / "train_time.json").read_text())
         report["train_seconds"] = times["train_seconds"]

@@ -28,7 +28,8 @@ from fastclr.checkpoint import (atomic_write, checkpoint_path, export_encoder,
                                 latest_checkpoint, load_checkpoint, prune_checkpoints,
                                 remove_stale_temp, save_checkpoint)
 from fastclr.config import Config, config_from_dict, save_config
-from fastclr.data import ImageSet, InMemoryBatches, channel_stats, get_spec, load_pretrain, load_split
+from fastclr.batches import InMemoryBatches, StreamingBatches
+from fastclr.data import Pretrain, get_spec, load_pretrain, load_split, pretrain_batches
 from fastclr.errors import CheckpointError, ConfigError
 from fastclr.evaluate import extract_features, knn_top1
 from fastclr.loss import nt_xent
@@ -131,7 +132,7 @@ class Run:
     forward: nn.Module  # what the step calls: maybe DDP-wrapped and compiled
     optimizer: torch.optim.Optimizer
     augment: SimCLRAugment
-    batches: InMemoryBatches
+    batches: InMemoryBatches | StreamingBatches
     total_steps: int
     warmup_steps: int
     peak_lr: float
@@ -166,11 +167,9 @@ class Run:
         return loss.detach(), bad
 
 
-def build_run(cfg: Config, ctx: distributed.Context, pretrain: ImageSet) -> Run:
+def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    channels = pretrain.images.shape[1]
-    mean, std = channel_stats(pretrain.images)
-    model = model_from_config(cfg, channels, mean, std)
+    model = model_from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std)
     if ctx.world_size > 1 and cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model, ctx.device)
     model = model.to(ctx.device)
@@ -183,8 +182,8 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: ImageSet) -> Run:
         forward = torch.compile(forward)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
                                 cfg.trust_coefficient)
-    images = pretrain.images.to(ctx.device)
-    batches = InMemoryBatches(images, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    batches = pretrain_batches(pretrain, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size,
+                               ctx.device, cfg.num_workers)
     total = cfg.epochs * batches.steps_per_epoch
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     precision = cfg.precision if cfg.precision != "auto" else (
@@ -212,16 +211,32 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def _write_run_info(run_dir: Path, cfg: Config, ctx: distributed.Context, pretrain: ImageSet):
+def _write_run_info(run_dir: Path, cfg: Config, ctx: distributed.Context, pretrain: Pretrain):
     from fastclr import __version__
     save_config(cfg, run_dir / "config.yaml")
     info = {"fastclr": __version__, "git_revision": _git_revision(), "torch": torch.__version__,
             "python": platform.python_version(), "host": platform.node(),
             "command": sys.argv, "world_size": ctx.world_size, "device": str(ctx.device),
             "data": {"name": cfg.data, "source": pretrain.source, "images": len(pretrain),
-                     "shape": list(pretrain.images.shape[1:])},
+                     "shape": list(pretrain.shape),
+                     "held": "streamed" if pretrain.streamed else "in memory",
+                     "sha256": pretrain.fingerprint,  # over sorted relative paths and sizes
+                     "skipped": len(pretrain.skipped),
+                     "skipped_files": [f"{p} ({why})" for p, why in pretrain.skipped[:1000]]},
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def _log_skipped(pretrain: Pretrain, named: int = 50) -> None:
+    """Name the files the data set index could not read, once, in the run log."""
+    if not pretrain.skipped:
+        return
+    log.warning("%s: skipped %d unreadable files in %s (listed in run.json):", pretrain.name,
+                len(pretrain.skipped), pretrain.source)
+    for path, why in pretrain.skipped[:named]:
+        log.warning("  skipped %s (%s)", path, why)
+    if len(pretrain.skipped) > named:
+        log.warning("  ... and %d more", len(pretrain.skipped) - named)
 
 
 def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
@@ -273,17 +288,15 @@ class Monitor:
 
     def __init__(self, cfg: Config, device: torch.device, bank_size=10_000, query_size=2_000):
         spec = get_spec(cfg.data)
-        train = load_split(cfg.data, spec.train, cfg.data_dir)
-        test = load_split(cfg.data, spec.test, cfg.data_dir)
-        g = torch.Generator().manual_seed(0)
-        self.bank = train.subset(torch.randperm(len(train), generator=g)[:bank_size])
-        self.query = test.subset(torch.randperm(len(test), generator=g)[:query_size])
+        size = cfg.image_size  # features at the training resolution (folder sets decode at it)
+        self.bank = load_split(cfg.data, spec.train, cfg.data_dir, size=size, sample=bank_size)
+        self.query = load_split(cfg.data, spec.test, cfg.data_dir, size=size, sample=query_size)
         self.cfg, self.device = cfg, device
 
     def __call__(self, encoder: nn.Module) -> float:
-        bs = self.cfg.eval_batch_size
-        fb = extract_features(encoder, self.bank.images, bs, self.device)
-        fq = extract_features(encoder, self.query.images, bs, self.device)
+        bs, size = self.cfg.eval_batch_size, self.cfg.image_size
+        fb = extract_features(encoder, self.bank.images, bs, self.device, size=size)
+        fq = extract_features(encoder, self.query.images, bs, self.device, size=size)
         return knn_top1(fb, self.bank.labels, fq, self.query.labels, self.cfg.knn_k,
                         self.cfg.knn_temperature)
 
@@ -373,7 +386,7 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         saved = load_checkpoint(resume_from, map_location=ctx.device)
         check_compatible(saved["config"], cfg, resume_from)
 
-    pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download)
+    pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
     if ctx.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +397,8 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                                   f"{e.strerror or e}") from None
     distributed.barrier()
     setup_logging(run_dir, ctx.is_main)
+    if ctx.is_main:
+        _log_skipped(pretrain)
 
     run = build_run(cfg, ctx, pretrain)
     step, best_knn = 0, -1.0
@@ -395,11 +410,15 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
 
     spe = run.batches.steps_per_epoch
     last_step = run.total_steps if cfg.max_steps is None else min(run.total_steps, cfg.max_steps)
-    monitor = Monitor(cfg, ctx.device) if cfg.knn_every and ctx.is_main else None
+    labeled = get_spec(cfg.data).labeled
+    if cfg.knn_every and not labeled:
+        log.info("kNN monitor off: %s has no labels", cfg.data)
+    monitor = Monitor(cfg, ctx.device) if cfg.knn_every and labeled and ctx.is_main else None
     metrics = MetricsLog(run_dir, cfg.tensorboard, step) if ctx.is_main else None
-    log.info("fastclr: %s on %s, %s images %s, %s (width %s, %s stem), global batch %d, "
+    held = f"streamed by {cfg.num_workers} workers" if pretrain.streamed else "in memory"
+    log.info("fastclr: %s on %s, %s images %s %s, %s (width %s, %s stem), global batch %d, "
              "%d epochs = %d steps, peak lr %.3g (%s), world size %d",
-             cfg.name, ctx.device, len(pretrain), tuple(pretrain.images.shape[1:]), cfg.arch,
+             cfg.name, ctx.device, len(pretrain), tuple(pretrain.shape), held, cfg.arch,
              cfg.width, cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
              cfg.optimizer, ctx.world_size)
 
@@ -497,7 +516,7 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         save(step)
     if ctx.is_main:
         meta = {"arch": cfg.arch, "width": cfg.width, "stem": cfg.stem,
-                "in_channels": pretrain.images.shape[1],
+                "in_channels": pretrain.shape[0],
                 "mean": run.model.encoder.mean.flatten().tolist(),
                 "std": run.model.encoder.std.flatten().tolist(),
                 "feat_dim": run.model.encoder.feat_dim, "data": cfg.data, "step": step}
@@ -507,6 +526,9 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
             metrics.close()
         log.info("pretraining done: %d steps, %.1f s of training; encoder saved to %s", step,
                  _read_train_time(run_dir), run_dir / "encoder.safetensors")
+        if run.batches.failures:
+            log.warning("%d times an image failed to decode and another took its place (the "
+                        "files are named above)", run.batches.failures)
     return run_dir
 
 

@@ -41,7 +41,7 @@ def _plain_gather(x):
 def one_step(rank, world, out, broken, port=0):
     """One training step through the real Run.train_step; saves loss and parameters."""
     from fastclr import distributed, loss
-    from fastclr.data import ImageSet
+    from fastclr.data import Pretrain
     from fastclr.train import build_run
 
     torch.set_num_threads(1)
@@ -55,7 +55,7 @@ def one_step(rank, world, out, broken, port=0):
         cfg = tiny_config(out, batch_size=N, warmup_epochs=0.0, sync_bn=True, width=0.125,
                           optimizer="lars", base_lr=0.3)
         images = _images()
-        run = build_run(cfg, ctx, ImageSet(images, None))
+        run = build_run(cfg, ctx, Pretrain.from_images(images))
         run.augment = FixedViews()
         local = images[rank * N // world: (rank + 1) * N // world]
         step_loss, _ = run.train_step(local, step=0)

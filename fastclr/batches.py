@@ -1,0 +1,185 @@
+"""The batches a pretraining run draws: uint8 images on the training device, one global batch
+cut per step and shared out among the processes.
+
+Two sources with one interface (`steps_per_epoch`, `epoch(epoch, start)` yielding uint8
+(B / world_size, C, S, S) on the device):
+
+- InMemoryBatches: the whole data set already sits on the device; a batch is an index gather.
+- StreamingBatches: an index of image files; DataLoader workers decode and crop each file to
+  S x S, and the rest of the SimCLR augmentation runs batched on the device (DESIGN: data flow).
+
+Both take the epoch's order from `epoch_order(n, seed, epoch)`, so a resumed run, and any
+number of processes, see exactly the batches of one uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fastclr.errors import DataError
+from fastclr.images import FolderIndex, decode_square, error_text
+
+log = logging.getLogger("fastclr")
+
+# consecutive files tried in place of one that fails to decode before giving up
+MAX_SUBSTITUTES = 64
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of n images that epoch `epoch` of a run with `seed` visits, (n,) int64."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _check_batch(n: int, batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise DataError(f"batch_size {batch_size} is not divisible by the {world_size} "
+                        "processes")
+    if n < batch_size:
+        raise DataError(f"the data set has {n} images, fewer than one batch of {batch_size}")
+
+
+class InMemoryBatches:
+    """Epochs of uint8 batches from images held on the training device.
+
+    The global batch is cut from one permutation per epoch (seeded by seed and epoch, so a
+    resumed run sees the same order), and each of `world_size` processes takes its own slice:
+    together the processes see exactly what one process with the global batch would.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        _check_batch(len(images), batch_size, world_size)
+        self.images = images
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.seed, self.rank = seed, rank
+        self.steps_per_epoch = len(images) // batch_size  # the last partial batch is dropped
+        self.failures = 0  # nothing is decoded here (StreamingBatches counts its failures)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(len(self.images), self.seed, epoch)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """uint8 (B / world_size, C, H, W) batches of `epoch`, from batch number `start` on."""
+        order = self.order(epoch).to(self.images.device)
+        for i in range(start, self.steps_per_epoch):
+            begin = i * self.batch_size + self.rank * self.local
+            yield self.images[order[begin: begin + self.local]]
+
+
+class _CropFiles(Dataset):
+    """Item i of epoch e: file i decoded to a (3, S, S) uint8 crop, its randomness drawn from
+    (seed, e, i) alone, so it does not depend on the worker, the rank or where a run resumed.
+
+    A file that fails to decode is replaced by the next files of the index in turn; the item
+    reports what failed so the main process can count and name it.
+    """
+
+    def __init__(self, index: FolderIndex, size: int, seed: int, epoch: int):
+        self.index, self.size, self.seed, self.epoch = index, size, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        failed = []
+        n = len(self.index)
+        for k in range(min(n, MAX_SUBSTITUTES)):
+            j = (i + k) % n
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            try:
+                crop = decode_square(self.index.path(j), self.size, rng)  # (S, S, 3)
+                return torch.from_numpy(crop).permute(2, 0, 1), failed
+            except Exception as e:  # damaged file: PIL's plugins raise many exception types
+                failed.append((self.index.paths[j], error_text(e)))
+        return None, failed  # the main process raises: an error raised here would arrive wrapped
+
+
+def _collate(items):
+    failed = [f for _, fails in items for f in fails]
+    if any(img is None for img, _ in items):
+        return None, failed
+    return torch.stack([img for img, _ in items]), failed  # (B, 3, S, S) uint8
+
+
+class StreamingBatches:
+    """Epochs of uint8 (B / world_size, 3, S, S) batches decoded from files by DataLoader workers.
+
+    What a worker does with file i in epoch e (after EXIF rotation and conversion to RGB, see
+    images.py): it takes the largest square of the image at a random position (uniform over
+    the offsets, drawn from (seed, e, i)) and resizes it to S x S. The device then applies the
+    full SimCLR augmentation to that square: the paper's random resized crop (area scale and
+    aspect range relative to the square), flip, colour, blur.
+
+    Why this split: SimCLR draws both views of an image independently from the *whole* image.
+    A worker-side random-resized crop with its own scale range would confine both views to one
+    random sub-region (views more alike than the paper's) and compose two area draws (smaller
+    crops than the paper's). The largest square keeps both views independent over as much of
+    the image as a square batch can hold: for a square image the device crop is exactly the
+    paper's; for a 4:3 photo each view's area fraction is measured against the 75% of the image
+    in that epoch's square, which moves from epoch to epoch. What differs: crops are resampled
+    from an S-pixel square instead of the full-resolution file, so a small crop is upsampled
+    from fewer pixels than in the paper's pipeline.
+
+    Memory holds the index (paths), a few batches in flight per worker, nothing else: it is the
+    same for any folder size. The epoch order and each crop are functions of (seed, epoch,
+    index), so batches are identical for any number of workers and a resumed epoch continues
+    exactly; each process decodes only its own slice of each global batch.
+    """
+
+    def __init__(self, index: FolderIndex, size: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 num_workers: int = 2):
+        _check_batch(len(index), batch_size, world_size)
+        self.index, self.size = index, size
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.seed, self.rank = seed, rank
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.steps_per_epoch = len(index) // batch_size  # the last partial batch is dropped
+        self.failures = 0  # decode failures so far (each replaced by another image)
+        self._named: set[str] = set()
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(len(self.index), self.seed, epoch)
+
+    def local_indices(self, epoch: int, start: int = 0) -> list[list[int]]:
+        """The file indices this process decodes for each step of `epoch` from `start` on."""
+        order = self.order(epoch)
+        first = self.rank * self.local
+        return [order[i * self.batch_size + first: i * self.batch_size + first + self.local]
+                .tolist() for i in range(start, self.steps_per_epoch)]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """uint8 (B / world_size, 3, S, S) batches of `epoch` on the device, from step `start`."""
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(
+            _CropFiles(self.index, self.size, self.seed, epoch),
+            batch_sampler=self.local_indices(epoch, start), collate_fn=_collate,
+            num_workers=self.num_workers, pin_memory=cuda,
+            # the loader draws worker seeds from this generator, not from torch's global RNG
+            generator=torch.Generator().manual_seed(self.seed))
+        for images, failed in loader:
+            if failed:
+                self._report(failed)
+            if images is None:
+                raise DataError(f"{min(len(self.index), MAX_SUBSTITUTES)} images in a row of "
+                                f"{self.index.root} could not be decoded (the last: "
+                                f"{failed[-1][0]}: {failed[-1][1]}); is the folder readable?")
+            yield images.to(self.device, non_blocking=cuda)
+
+    def _report(self, failed: list[tuple[str, str]]) -> None:
+        self.failures += len(failed)
+        for rel, why in failed:
+            if rel not in self._named:
+                self._named.add(rel)
+                log.warning("could not decode %s (%s): another image of the folder took its "
+                            "place (named once; %d decode failures so far)",
+                            self.index.root / rel, why, self.failures)
