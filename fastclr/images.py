@@ -81,8 +81,8 @@ def decode_square(path: str | Path, size: int, rng: np.random.Generator | None =
     PIL's bilinear resize widens its filter when shrinking, so downscaling is antialiased.
     """
     img = load_rgb(path, min_side=size)
-    box = square_box(img.width, img.height, rng)
-    return np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box))  # writable
+    square = img.crop(square_box(img.width, img.height, rng))  # nothing outside it bleeds in
+    return np.array(square.resize((size, size), Image.Resampling.BILINEAR))  # (S, S, 3), writable
 
 
 def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
