@@ -32,8 +32,9 @@ _WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any decoded PIL image as 8-bit RGB, oriented as its EXIF tag says."""
-    img = ImageOps.exif_transpose(img)
+    """Any decoded PIL image as 8-bit RGB, oriented as its EXIF tag says (`img` itself is
+    rotated in place; the result may be `img`)."""
+    ImageOps.exif_transpose(img, in_place=True)  # a copy would cost ~3 ms per photo
     if img.mode in _WIDE_GRAY:
         wide = np.asarray(img).astype(np.int64).clip(0, 65535)
         img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # (H, W): L
@@ -82,7 +83,10 @@ def decode_square(path: str | Path, size: int, rng: np.random.Generator | None =
     """
     img = load_rgb(path, min_side=size)
     square = img.crop(square_box(img.width, img.height, rng))  # nothing outside it bleeds in
-    return np.array(square.resize((size, size), Image.Resampling.BILINEAR))  # (S, S, 3), writable
+    # reducing_gap: shrink by an integer factor with a box filter first, then resample; Pillow
+    # documents 3.0 as indistinguishable from a full resample, at about half the cost
+    out = square.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.array(out)  # (S, S, 3) uint8, writable
 
 
 def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
