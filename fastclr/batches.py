@@ -92,7 +92,7 @@ class _CropFiles(Dataset):
         n = len(self.index)
         for k in range(min(n, MAX_SUBSTITUTES)):
             j = (i + k) % n
-            rng = np.random.default_rng((self.seed, self.epoch, i))
+            rng = np.random.default_rng((self.seed, self.epoch, i))  # slot i's draws, any file
             try:
                 crop = decode_square(self.index.path(j), self.size, rng)  # (S, S, 3)
                 return torch.from_numpy(crop).permute(2, 0, 1), failed

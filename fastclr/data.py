@@ -228,9 +228,10 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None,
         rows = _sample(len(index), sample)
         rows = range(len(index)) if rows is None else rows.tolist()
         if len(rows) * 3 * side * side > _memory_budget():
-            raise DataError(f"{name} ({split}) would take {len(rows) * 3 * side * side / 2**30:.0f}"
-                            f" GiB decoded at {side} px, more than half of this machine's memory;"
-                            " evaluate on a subset or a smaller image_size")
+            gib = len(rows) * 3 * side * side / 2**30
+            raise DataError(f"{name} ({split}) would take {gib:.0f} GiB decoded at {side} px, "
+                            "more than half of this machine's memory (evaluating a split this "
+                            "large needs features streamed from files, not supported yet)")
         images, kept, failures = decode_many([index.path(i) for i in rows], side)
         labels = None
         if index.labels is not None:
@@ -342,7 +343,6 @@ def describe(data_dir: str | Path | None = None) -> list[dict]:
                      "looked_in": [str(p) for p in candidate_roots(spec, data_dir)],
                      "how_to_get": spec.how_to_get})
     return rows
-
 
 
 from fastclr import datasets as _builtin  # noqa: E402,F401  registers the built-in data sets

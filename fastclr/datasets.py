@@ -144,8 +144,9 @@ register(DatasetSpec(
                 "https://cs.stanford.edu/~acoates/stl10/, extract them into DIR (it makes "
                 "DIR/stl10_binary) and pass --data-dir DIR, or add --download where a network "
                 "exists."),
-    # The paper's STL-10 numbers are transfer results; methods that pretrain on STL-10 use
-    # its 100k unlabeled images together with the 5k labeled training images, as here.
+    # SimCLR has no STL-10 experiments; the usual STL-10 protocol (the reason the set has an
+    # unlabeled split) pretrains on the 100k unlabeled images plus the 5k labeled training
+    # images, and evaluates train -> test, as here.
     pretrain=("unlabeled", "train"),
     search=("stl10_binary",),
     download=_torchvision_download("STL10"),
