@@ -450,7 +450,7 @@ def test_extract_features_at_the_stored_size_is_unchanged():
     from fastclr.models import build_encoder
 
     torch.manual_seed(0)
-    encoder = build_encoder("resnet18", 0.0625, "small-s2", 1, [0.3], [0.3])
+    encoder = build_encoder("resnet18", 0.125, "small-s2", 1, [0.3], [0.3])
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     assert torch.equal(extract_features(encoder, images, 4), extract_features(encoder, images, 4,
                                                                               size=28))
@@ -463,7 +463,7 @@ def test_extract_features_at_the_stored_size_is_unchanged():
 def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys):
     run_dir = tmp_path / "run"
     rc = main(["train", "--data", f"folder:{stream_dir}", "--arch", "resnet18", "--width",
-               "0.0625", "--stem", "small-s2", "--image-size", "16", "--batch-size", "4",
+               "0.125", "--stem", "small-s2", "--image-size", "16", "--batch-size", "4",
                "--epochs", "1", "--max-steps", "2", "--num-workers", "0", "--knn-every", "1",
                "--run-dir", str(run_dir), "--tensorboard", "false", "--final-eval", "true",
                "--no-progress"])
@@ -483,7 +483,7 @@ def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
     from fastclr.train import train
 
     cfg = tiny_config(tmp_path / "run", data="cifar10", data_dir=str(cifar_dir), image_size=16,
-                      batch_size=8, max_steps=1, width=0.0625)
+                      batch_size=8, max_steps=1, width=0.125)
     run = train(cfg, progress=False)
     info = json.loads((run / "run.json").read_text())["data"]
     assert info["images"] == 20 and info["shape"] == [3, 32, 32] and info["held"] == "in memory"
