@@ -9,13 +9,15 @@ workers and batch size, a reference loader as most SimCLR code writes it (torchv
 PIL open + convert("RGB") + RandomResizedCrop(S) + PILToTensor per image), and prints both
 rates and their ratio. The folder's index is repeated so that the timed batches come from one
 epoch: steady state, no worker start-up inside the timing (the first `--warmup` batches are
-not timed either).
+not timed either). The two loaders are timed in alternation `--repeats` times and the medians
+reported, so that load from other processes on a shared machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,6 +81,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=30, help="timed batches per loader")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--repeats", type=int, default=3, help="alternating timings of each loader")
     p.add_argument("--no-reference", action="store_true", help="time fastclr's loader only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
@@ -94,19 +97,25 @@ def main() -> None:
 
     ours = StreamingBatches(files, args.size, args.batch_size, seed=0,
                             num_workers=args.workers)
+    loader = DataLoader(ReferenceCrops(files, args.size), batch_size=args.batch_size,
+                        num_workers=args.workers, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    mine, theirs = [], []
+    for r in range(args.repeats):
+        mine.append(rate(ours.epoch(r), args.warmup, args.batches, args.batch_size))
+        if not args.no_reference:
+            theirs.append(rate(loader, args.warmup, args.batches, args.batch_size))
     result = {"folder": str(Path(args.folder).resolve()), "files": len(index),
               "skipped": len(index.skipped), "index_seconds": round(index_seconds, 3),
               "size": args.size, "workers": args.workers, "batch_size": args.batch_size,
-              "timed_images": args.batches * args.batch_size,
-              "images_per_s": round(rate(ours.epoch(0), args.warmup, args.batches,
-                                         args.batch_size), 1),
+              "timed_images": args.batches * args.batch_size, "repeats": args.repeats,
+              "images_per_s": round(statistics.median(mine), 1),
+              "images_per_s_runs": [round(x, 1) for x in mine],
               "decode_failures": ours.failures}
-    if not args.no_reference:
-        loader = DataLoader(ReferenceCrops(files, args.size), batch_size=args.batch_size,
-                            num_workers=args.workers, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(0))
-        ref = rate(loader, args.warmup, args.batches, args.batch_size)
+    if theirs:
+        ref = statistics.median(theirs)
         result["reference_images_per_s"] = round(ref, 1)
+        result["reference_images_per_s_runs"] = [round(x, 1) for x in theirs]
         result["ratio_vs_reference"] = round(result["images_per_s"] / ref, 2)
     if args.json:
         print(json.dumps(result))
@@ -114,7 +123,8 @@ def main() -> None:
     print(f"{result['files']} files indexed in {result['index_seconds']:.2f} s "
           f"({result['skipped']} unreadable skipped)")
     print(f"fastclr streaming: {result['images_per_s']:.1f} images/s at {args.size} px with "
-          f"{args.workers} workers (batch {args.batch_size}, {result['timed_images']} images)")
+          f"{args.workers} workers (batch {args.batch_size}; median of {args.repeats} x "
+          f"{result['timed_images']} images)")
     if "reference_images_per_s" in result:
         print(f"torchvision reference: {result['reference_images_per_s']:.1f} images/s; "
               f"ratio {result['ratio_vs_reference']:.2f}x")
