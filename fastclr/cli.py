@@ -12,11 +12,17 @@ from fastclr.errors import FastclrError
 EXIT_USAGE = 2
 
 
+def one_line(text: str) -> str:
+    """User text (paths, values) may hold line breaks; an error message must stay one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line that points to --help."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE,
+                  f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -181,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastclr: {e}", file=sys.stderr)
         return 130 if e.signal_name == "SIGINT" else 0
     except FastclrError as e:
-        print(f"fastclr: error: {e}", file=sys.stderr)
+        print(f"fastclr: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as e:
-        print(f"fastclr: training stopped: {e}", file=sys.stderr)
+        print(f"fastclr: training stopped: {one_line(e)}", file=sys.stderr)
         return 3
     except OSError as e:  # a full disk, a vanished folder: the environment, not a bug
         where = f"{e.filename}: " if e.filename else ""
-        print(f"fastclr: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"fastclr: error: {one_line(where)}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)

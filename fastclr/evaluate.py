@@ -35,7 +35,10 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     side) and centre-cropped to size x size, so the encoder sees objects at the scale it was
     trained on; images already size x size pass unchanged.
     """
+    from fastclr.models import channels_last_ok
+
     device = torch.device(device)
+    channels_last = channels_last_ok(encoder, device)
     was_training = encoder.training
     encoder.eval()
     out = []
@@ -44,7 +47,8 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
             x = images[i: i + batch_size].to(device, non_blocking=True).float().div_(255)
             if size is not None:
                 x = center_view(x, size)  # (n, C, size, size)
-            x = x.contiguous(memory_format=torch.channels_last)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 out.append(encoder(x).float())
     finally:

@@ -144,6 +144,20 @@ class SimCLR(nn.Module):
         return h, self.head(h)
 
 
+def channels_last_ok(model: nn.Module, device: torch.device) -> bool:
+    """Whether to run `model` in channels_last memory format on `device`.
+
+    It is faster on GPUs and, measured here, ~1.4x faster on an AVX2 CPU too. But torch 2.14's
+    CPU backward of a 1x1 stride-2 convolution with 2 to 7 input channels in channels_last
+    corrupts memory (segfaults at one thread, reproduced in isolation), so models that narrow
+    (width < 0.125) stay contiguous on CPU.
+    """
+    if torch.device(device).type != "cpu":
+        return True
+    return all(m.in_channels >= 8 for m in model.modules()
+               if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
+
+
 def build_encoder(arch: str, width: float, stem: str, in_channels: int, mean=None,
                   std=None) -> ResNet:
     return ResNet(arch, width, stem, in_channels, mean, std)

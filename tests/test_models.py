@@ -44,3 +44,16 @@ def test_input_normalisation_is_inside_the_encoder():
     enc = ResNet("resnet18", 0.125, "small", 1, mean=[0.5], std=[0.25])
     assert torch.allclose(enc.mean.flatten(), torch.tensor([0.5]))
     assert "mean" in enc.state_dict() and "std" in enc.state_dict()
+
+
+def test_narrow_models_stay_contiguous_on_cpu():
+    # torch 2.14's CPU backward of a 1x1 stride-2 conv with 2-7 input channels in
+    # channels_last corrupts memory; such models must not use it there
+    from fastclr.models import channels_last_ok
+
+    cpu = torch.device("cpu")
+    assert not channels_last_ok(ResNet("resnet18", 0.0625, "small", 1), cpu)
+    assert channels_last_ok(ResNet("resnet18", 0.125, "small", 1), cpu)
+    assert channels_last_ok(ResNet("resnet18", 0.0625, "small", 1), torch.device("cuda"))
+    enc = ResNet("resnet18", 0.0625, "small-s2", 1)  # trains without crashing at width 1/16
+    enc(torch.rand(8, 1, 28, 28)).sum().backward()

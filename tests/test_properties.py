@@ -53,7 +53,7 @@ def test_any_text_file_as_config(tmp_path_factory, text):
 
 
 flag_names = st.sampled_from(["--" + n.replace("_", "-") for n in NAMES] + ["--bogus", "-x"])
-flag_values = st.one_of(st.text(string.printable, max_size=10),
+flag_values = st.one_of(st.text(max_size=10),
                         st.sampled_from(["0", "-1", "1e9", "nan", "inf", "true", "none",
                                          "0.2,1.0", "1,2,3", "resnet18", "cuda:7"]))
 
@@ -72,7 +72,8 @@ def test_cli_arguments_parse_or_fail_cleanly(capsys, pairs):
         err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
         assert len(err) == 1 and "error:" in err[0]
     except ConfigError as e:
-        assert "\n" not in str(e)
+        from fastclr.cli import one_line
+        assert "\n" not in one_line(e) and "\r" not in one_line(e)
 
 
 @CASES
