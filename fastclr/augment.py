@@ -187,7 +187,7 @@ class Workspace:
     """
 
     def __init__(self):
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers: dict[tuple, Tensor] = {}
         self._views: dict[tuple, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], device: torch.device,
@@ -197,10 +197,12 @@ class Workspace:
         view = self._views.get(key)
         if view is None:
             numel = math.prod(shape)
-            buf = self._buffers.get(name)
-            if buf is None or buf.numel() < numel or buf.device != device or buf.dtype != dtype:
-                buf = self._buffers[name] = torch.empty(numel, device=device, dtype=dtype)
-                self._views = {k: v for k, v in self._views.items() if k[0] != name}
+            buf = self._buffers.get((name, dtype))
+            if buf is None or buf.numel() < numel or buf.device != device:
+                buf = self._buffers[name, dtype] = torch.empty(numel, device=device,
+                                                               dtype=dtype)
+                self._views = {k: v for k, v in self._views.items()
+                               if (k[0], k[3]) != (name, dtype)}
             view = self._views[key] = buf[:numel].view(shape)
         return view
 
@@ -273,8 +275,7 @@ def _colour_coefficients(p: AugmentParams, C: int) -> dict[str, Tensor]:
         coef["contrast"] = p.contrast[:, None, None]
         coef["contrast_keep"] = (1.0 - p.contrast)                 # (n,) times the mean luma
     if p.saturation is not None and C == 3:
-        coef["saturation"] = p.saturation[:, None, None]
-        coef["saturation_keep"] = (1.0 - p.saturation)[:, None]
+        coef["saturation_keep"] = (1.0 - p.saturation)[:, None, None]
     if p.hue is not None and C == 3:
         coef["hue_sixths"] = 6.0 * p.hue[:, None]
     if p.gray is not None and C == 3:
@@ -296,13 +297,13 @@ def _apply_chunk(images: Tensor, S: int, plane: Tensor, y_index: Tensor, y_weigh
     # resample x: (n, C, S_x, S_y), the image transposed. Colour ops do not care about pixel
     # order, and the transpose back is fused into the final clamp into `out`.
     z = _resample_rows(rows_t.view(n * C * W, S), plane * W, x_index, x_weight,
-                       ws.get("z", (n, C, S, S), dev), ws)
+                       ws.get("z", (n, C, S, S), dev), ws, normalised=True)
     z = z.view(n, C, S * S)
     if "contrast" in colour:
         z.clamp_(0.0, 1.0)           # brightness itself was folded into the crop's weights
         _contrast_(z, colour["contrast"], colour["contrast_keep"])
-    if "saturation" in colour:
-        _saturation_(z, colour["saturation"], colour["saturation_keep"], ws)
+    if "saturation_keep" in colour:
+        _saturation_(z, colour["saturation_keep"], ws)
     if "hue_sixths" in colour:
         _hue_(z, colour["hue_sixths"], ws)
     if "gray" in colour:
@@ -332,23 +333,26 @@ def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tens
     length = length.to(torch.float32)[:, None]                                     # (n, 1)
     scale = length / out_size
     centre = scale * (torch.arange(out_size, device=dev, dtype=torch.float32) + 0.5)  # (n, S)
-    if in_size <= out_size:
+    if in_size <= out_size and in_size >= 2:
         # never shrinking: plain bilinear, source x = centre - 1/2 clamped into the crop,
-        # between taps j and j + 1 (both the last row at the bottom edge of a 1-row crop)
-        src = torch.minimum((centre - 0.5).clamp_(min=0.0), length - 1)
-        j = torch.minimum(src.floor(), (length - 2).clamp(min=0.0))
+        # between rows j and j + 1 of the image (j + 1 may lie past the crop, at weight 0)
+        src = torch.minimum((centre - 0.5).clamp_(min=0.0), length - 1) + start[:, None]
+        j = torch.minimum(src.floor(), torch.tensor(in_size - 2.0, device=dev))
         t = (src - j)[..., None]
-        j = j[..., None] + torch.tensor([0.0, 1.0], device=dev)                    # (n, S, 2)
+        index = j.long()[..., None] + torch.tensor([0, 1], device=dev)          # (n, S, 2)
         w = torch.cat((1.0 - t, t), dim=-1)
-    else:
-        k = 2 * in_size // out_size + 1           # taps of the widest (whole-image) filter
-        support = scale.clamp(min=1.0)
-        lo = torch.floor(centre - support + 0.5).clamp_(min=0.0)
-        hi = torch.minimum(torch.floor(centre + support + 0.5), length)
-        j = lo[..., None] + torch.arange(k, device=dev, dtype=torch.float32)     # (n, S, k)
-        w = (1.0 - ((j - centre[..., None] + 0.5) / support[..., None]).abs()).clamp_(min=0.0)
-        w = w * (j < hi[..., None])
-        w = w / w.sum(-1, keepdim=True)
+        if flip is not None:
+            index = torch.where(flip[:, None, None], index.flip(1), index)
+            w = torch.where(flip[:, None, None], w.flip(1), w)
+        return index, w
+    k = 2 * in_size // out_size + 1               # taps of the widest (whole-image) filter
+    support = scale.clamp(min=1.0)
+    lo = torch.floor(centre - support + 0.5).clamp_(min=0.0)
+    hi = torch.minimum(torch.floor(centre + support + 0.5), length)
+    j = lo[..., None] + torch.arange(k, device=dev, dtype=torch.float32)         # (n, S, k)
+    w = (1.0 - ((j - centre[..., None] + 0.5) / support[..., None]).abs()).clamp_(min=0.0)
+    w = w * (j < hi[..., None])
+    w = w / w.sum(-1, keepdim=True)
     index = torch.minimum(j, length[..., None] - 1).long() + start[:, None, None]
     if flip is not None:     # a flipped view reads its output pixels right to left
         index = torch.where(flip[:, None, None], index.flip(1), index)
@@ -357,20 +361,35 @@ def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tens
 
 
 def _resample_rows(rows: Tensor, first: Tensor, index: Tensor, weight: Tensor, out: Tensor,
-                   ws: Workspace) -> Tensor:
+                   ws: Workspace, normalised: bool = False) -> Tensor:
     """1-D resampling of a chunk along its row axis: each output row a weighted sum of rows.
 
     rows (n * C * L, D) float or uint8: n images of C planes of L rows; first (n, C, 1) the
     first row of each plane; index, weight (n, S, k) the taps of each view; out (n, C, S, D)
     float. out[b, c, i] = sum_t weight[b, i, t] * rows[first[b, c] + index[b, i, t]]: one
-    index_select per tap gathers whole rows at memcpy speed, then a multiply-add.
+    index_select per tap gathers whole rows at memcpy speed, then a multiply-add. Bilinear
+    taps are two adjacent rows, gathered as one pair per output row; `normalised` says the
+    weights of each output row sum to 1.
     """
     n, C, S, D = out.shape
     k = index.shape[-1]
-    # (k, n, C, S) row numbers, tap-major so that each tap's are one contiguous vector
+    pairs = k == 2 and rows.shape[0] >= 2
+    if pairs:                         # (R - 1, 2, D): row r and r + 1, without a copy
+        rows = rows.as_strided((rows.shape[0] - 1, 2, D), (D, D, 1))
+        index = index[..., :1]
+    # (taps, n, C, S) row numbers, tap-major so that each tap's are one contiguous vector
     at = torch.add(index.permute(2, 0, 1)[:, :, None], first,
-                   out=ws.get("rows_index", (k, n, C, S), rows.device, torch.int64))
-    tap = ws.get("tap", (n, C, S, D), rows.device, rows.dtype)
+                   out=ws.get("rows_index", (index.shape[-1], n, C, S), out.device, torch.int64))
+    if pairs:
+        tap = ws.get("pair", (n, C, S, 2, D), out.device, rows.dtype)
+        torch.index_select(rows, 0, at[0].view(-1), out=tap.view(n * C * S, 2, D))
+        if rows.dtype.is_floating_point and normalised:      # w0 = 1 - w1: one lerp
+            torch.lerp(tap[..., 0, :], tap[..., 1, :], weight[:, None, :, 1, None], out=out)
+        else:
+            torch.mul(tap[..., 0, :], weight[:, None, :, 0, None], out=out)
+            out.addcmul_(tap[..., 1, :], weight[:, None, :, 1, None])
+        return out
+    tap = ws.get("tap", (n, C, S, D), out.device, rows.dtype)
     for t in range(k):
         torch.index_select(rows, 0, at[t].view(-1), out=tap.view(n * C * S, D))
         w = weight[:, None, :, t, None]                               # (n, 1, S, 1)
@@ -404,13 +423,11 @@ def _contrast_(z: Tensor, factor: Tensor, keep: Tensor) -> None:
     z.mul_(factor).add_((keep * mean)[:, None, None]).clamp_(0.0, 1.0)
 
 
-def _saturation_(z: Tensor, factor: Tensor, keep: Tensor, ws: Workspace) -> None:
-    """Blend RGB with its grayscale image: s z + (1 - s) gray, clamped.
-
-    factor (n, 1, 1) is s, keep (n, 1) is 1 - s.
+def _saturation_(z: Tensor, keep: Tensor, ws: Workspace) -> None:
+    """Blend RGB with its grayscale image: s z + (1 - s) gray, clamped; keep (n, 1, 1) = 1 - s.
     """
-    gray = _gray(z, ws.get("plane0", z.shape[::2], z.device)).mul_(keep)    # (n, P)
-    z.mul_(factor).add_(gray[:, None]).clamp_(0.0, 1.0)
+    gray = _gray(z, ws.get("plane0", z.shape[::2], z.device))       # (n, P)
+    z.lerp_(gray[:, None].expand_as(z), keep).clamp_(0.0, 1.0)      # z + (1 - s)(gray - z)
 
 
 _HUE_CENTRES: dict[torch.device, Tensor] = {}
@@ -430,17 +447,18 @@ def _hue_(z: Tensor, sixths: Tensor, ws: Workspace) -> None:
     vmax = torch.amax(z, 1, out=plane(0))
     vmin = torch.amin(z, 1, out=plane(1))
     chroma = torch.sub(vmax, vmin, out=plane(2))
-    inv = torch.clamp(chroma, min=1e-30, out=plane(3)).reciprocal_()  # grey: any finite value
     # torchvision takes the hue formula of the first maximal channel of r, g, b; vmax - x is
     # 0 exactly where x is the max and in (0, 1] elsewhere, so its ceil is a 0/1 mask
-    not_r = torch.sub(vmax, r, out=plane(4)).ceil_()
-    not_g = torch.sub(vmax, g, out=plane(5)).ceil_()
-    h = torch.sub(g, b, out=plane(6)).mul_(inv)                       # r max: [-1, 1]
-    h_g = torch.sub(b, r, out=plane(7)).mul_(inv).add_(2.0)           # g max: [1, 3]
-    h_b = torch.sub(r, g, out=plane(8)).mul_(inv).add_(4.0)           # b max: [3, 5]
-    torch.lerp(h_g, h_b, not_g, out=h_g)
-    torch.lerp(h, h_g, not_r, out=h)                                  # (n, P) in [-1, 5]
-    h.add_(sixths)
+    not_r = torch.sub(vmax, r, out=plane(3)).ceil_()
+    not_g = torch.sub(vmax, g, out=plane(4)).ceil_()
+    # h = (g - b) / C if r is max, 2 + (b - r) / C if g is, 4 + (r - g) / C if b is
+    h = torch.sub(g, b, out=plane(5))
+    h_gb = torch.lerp(torch.sub(b, r, out=plane(6)), torch.sub(r, g, out=plane(7)), not_g,
+                      out=plane(6))
+    torch.lerp(h, h_gb, not_r, out=h)
+    h.div_(torch.clamp(chroma, min=1e-30, out=plane(7)))   # grey pixels: 0 / tiny = 0
+    # + 2 where g or b is the max, + 2 more where b is: 2 not_r (1 + not_g)
+    h.add_(not_g.add_(1.0).mul_(not_r), alpha=2.0).add_(sixths)      # (n, P) in [-4, 8]
     h.sub_(torch.mul(h, 1 / 6, out=plane(7)).floor_().mul_(6.0))     # wrap to [0, 6)
     # t = ||h - hue_c| - 3| clamped to [1, 2] is 1 + clamp(2 - d, 0, 1); so the channel is
     # m + C (t - 1) = C t + (m - C)
@@ -509,8 +527,7 @@ def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     """Per-view saturation of RGB: blend with the luma image."""
-    return _per_pixel(_saturation_, x, factor[:, None, None], (1.0 - factor)[:, None],
-                      Workspace())
+    return _per_pixel(_saturation_, x, (1.0 - factor)[:, None, None], Workspace())
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -537,7 +554,7 @@ def resized_crop(images: Tensor, top: Tensor, left: Tensor, height: Tensor, widt
                           torch.empty(n, C, size, W, device=dev), ws)
     rows_t = rows.transpose(-1, -2).reshape(n * C * W, size)
     z = _resample_rows(rows_t, plane * W, x_index, x_weight,
-                       torch.empty(n, C, size, size, device=dev), ws)
+                       torch.empty(n, C, size, size, device=dev), ws, normalised=True)
     return z.transpose(-1, -2).contiguous()
 
 

@@ -77,6 +77,23 @@ def test_resized_crop_and_flip_match_torchvision(in_size, out_size):
         torch.testing.assert_close(ours[i], ref, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("H,W,size", [(20, 16, 12), (20, 16, 40), (1, 5, 4)])
+def test_crops_at_the_edges_match_torchvision(H, W, size):
+    # one-pixel crops at the last row/column, whole images, flips: the taps' boundary cases
+    images = real_images(1, 24)[:, :, :H, :W].expand(8, 3, H, W).contiguous()
+    top = torch.tensor([H - 1, 0, 0, H - 1, 0, H // 2, 0, max(H - 2, 0)])
+    left = torch.tensor([0, W - 1, 0, W - 1, 0, W // 3, 1, W - 2])
+    height = torch.tensor([1, H, H, 1, 1, H - H // 2, H, min(2, H)])
+    width = torch.tensor([W, 1, W, 1, 1, W // 2, W - 1, 2])
+    flip = torch.tensor([False, True, True, False, True, True, False, True])
+    ours = A.resized_crop(images, top, left, height, width, size, flip)
+    for i in range(8):
+        ref = TF.resized_crop(as_float(images[i]), int(top[i]), int(left[i]), int(height[i]),
+                              int(width[i]), [size, size], antialias=True)
+        ref = TF.hflip(ref) if flip[i] else ref
+        torch.testing.assert_close(ours[i], ref, rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize("name,lo,hi", [("brightness", 0.0, 2.0), ("contrast", 0.0, 2.0),
                                         ("saturation", 0.0, 2.0), ("hue", -0.5, 0.5)])
 def test_colour_ops_match_torchvision(name, lo, hi):
