@@ -10,6 +10,8 @@ Both use the small-image settings (crop area 0.2..1, colour strength 0.5, no blu
 size, the same number of threads, in the same process. Size 28 is one-channel: PIL mode 'L',
 where torchvision's saturation, hue and grayscale do nothing and fastclr skips them.
 Inputs are random uint8 images: every op here costs the same whatever the pixel values.
+(a) writes into one output tensor reused across calls (`out=`, as a training loop can do;
+--fresh-out allocates one per call instead). The two are timed in alternating slices.
 A "view" is one augmented image; ratio = views/s of (a) / views/s of (b).
 """
 
@@ -129,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads={args.threads} device={args.device} batch={args.batch} "
           f"output={'reused' if not args.fresh_out else 'fresh'}")
     cpu = args.device == "cpu"
-    print(f"{'size':>6} {'fastclr views/s':>16} {'torchvision views/s':>20} {'ratio':>7}"
+    print(f"{'size':>8} {'fastclr views/s':>16} {'torchvision views/s':>20} {'ratio':>7}"
           + (f" {'CPU-time ratio':>15}" if cpu else ""))
     for size in sizes:
         label = f"{size}{' grey' if size == 28 else ' RGB'}"
-        print(f"{label:>8} {result[f'views_per_s_{size}']:>14,.0f} "
+        print(f"{label:>8} {result[f'views_per_s_{size}']:>16,.0f} "
               f"{result[f'reference_views_per_s_{size}']:>20,.0f} {result[f'ratio_{size}']:>7.1f}"
               + (f" {result[f'cpu_time_ratio_{size}']:>15.1f}" if cpu else ""))
     return 0

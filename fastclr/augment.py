@@ -299,8 +299,8 @@ def _apply_chunk(images: Tensor, S: int, plane: Tensor, y_index: Tensor, y_weigh
     z = _resample_rows(rows_t.view(n * C * W, S), plane * W, x_index, x_weight,
                        ws.get("z", (n, C, S, S), dev), ws, normalised=True)
     z = z.view(n, C, S * S)
-    if "contrast" in colour:
-        z.clamp_(0.0, 1.0)           # brightness itself was folded into the crop's weights
+    if "contrast" in colour:         # jitter on: brightness and contrast are always drawn
+        z.clamp_(0.0, 1.0)           # brightness's clamp; its factor is in the crop's weights
         _contrast_(z, colour["contrast"], colour["contrast_keep"])
     if "saturation_keep" in colour:
         _saturation_(z, colour["saturation_keep"], ws)
@@ -337,9 +337,9 @@ def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tens
         # never shrinking: plain bilinear, source x = centre - 1/2 clamped into the crop,
         # between rows j and j + 1 of the image (j + 1 may lie past the crop, at weight 0)
         src = torch.minimum((centre - 0.5).clamp_(min=0.0), length - 1) + start[:, None]
-        j = torch.minimum(src.floor(), torch.tensor(in_size - 2.0, device=dev))
+        j = src.floor().clamp_(max=in_size - 2.0)
         t = (src - j)[..., None]
-        index = j.long()[..., None] + torch.tensor([0, 1], device=dev)          # (n, S, 2)
+        index = j.long()[..., None] + torch.arange(2, device=dev)               # (n, S, 2)
         w = torch.cat((1.0 - t, t), dim=-1)
         if flip is not None:
             index = torch.where(flip[:, None, None], index.flip(1), index)
@@ -417,7 +417,8 @@ def _contrast_(z: Tensor, factor: Tensor, keep: Tensor) -> None:
     """
     means = z.mean(dim=-1)                                           # (n, C)
     if z.shape[1] == 3:   # mean of the luma, without forming the luma image
-        mean = means @ torch.tensor(GRAY_WEIGHTS, device=z.device)
+        wr, wg, wb = GRAY_WEIGHTS
+        mean = means[:, 0] * wr + means[:, 1] * wg + means[:, 2] * wb
     else:
         mean = means[:, 0]
     z.mul_(factor).add_((keep * mean)[:, None, None]).clamp_(0.0, 1.0)
@@ -428,9 +429,6 @@ def _saturation_(z: Tensor, keep: Tensor, ws: Workspace) -> None:
     """
     gray = _gray(z, ws.get("plane0", z.shape[::2], z.device))       # (n, P)
     z.lerp_(gray[:, None].expand_as(z), keep).clamp_(0.0, 1.0)      # z + (1 - s)(gray - z)
-
-
-_HUE_CENTRES: dict[torch.device, Tensor] = {}
 
 
 def _hue_(z: Tensor, sixths: Tensor, ws: Workspace) -> None:
@@ -462,10 +460,8 @@ def _hue_(z: Tensor, sixths: Tensor, ws: Workspace) -> None:
     h.sub_(torch.mul(h, 1 / 6, out=plane(7)).floor_().mul_(6.0))     # wrap to [0, 6)
     # t = ||h - hue_c| - 3| clamped to [1, 2] is 1 + clamp(2 - d, 0, 1); so the channel is
     # m + C (t - 1) = C t + (m - C)
-    centres = _HUE_CENTRES.get(z.device)
-    if centres is None:
-        centres = _HUE_CENTRES[z.device] = torch.tensor([0.0, 2.0, 4.0],
-                                                        device=z.device).view(1, 3, 1)
+    # (built with arange: a tensor from a Python list would be a host-to-device copy on CUDA)
+    centres = torch.arange(0.0, 6.0, 2.0, device=z.device).view(1, 3, 1)
     t = torch.sub(h[:, None], centres, out=z)                         # (n, 3, P), reuses z
     t.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0).mul_(chroma[:, None])
     t.add_(torch.sub(vmin, chroma, out=plane(3))[:, None])
@@ -482,6 +478,7 @@ def _grayscale_(z: Tensor, mask: Tensor, ws: Workspace) -> None:
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Per-sample gaussian blur of (n, C, H, W) float; sigma (n,), 0 leaves a sample as is.
 
+    The paper's blur (Appendix A: sigma in [0.1, 2.0], kernel 10% of the side) with
     torchvision's gaussian_blur per image: kernel exp(-t^2 / (2 sigma^2)) over kernel_size
     taps, normalised, reflect padding; here two depthwise 1-D convolutions, one kernel per
     (sample, channel).
