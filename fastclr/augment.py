@@ -233,6 +233,9 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     if N == 0 or n_views % N:
         raise ValueError(f"{n_views} views do not divide evenly over {N} images")
     S, dev = params.size, images.device
+    if params.top.device != dev:
+        raise ValueError(f"params are on {params.top.device} but the images are on {dev}; "
+                         "draw them with a generator on the images' device")
     if out is None:
         out = torch.empty((n_views, C, S, S), dtype=torch.float32, device=dev,
                           memory_format=memory_format)
