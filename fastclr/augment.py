@@ -637,11 +637,18 @@ class SimCLRAugment:
 
         Both are halves of one (2N, C, S, S) tensor, `out` if given (see `apply`).
         """
-        params = self.sample_params(images, generator, views=2)
-        both = apply(images, params, out=out, memory_format=memory_format,
-                     workspace=self.workspace)
+        both = self.stacked_views(images, generator, out=out, memory_format=memory_format)
         n = images.shape[0]
         return both[:n], both[n:]
+
+    def stacked_views(self, images: Tensor, generator: torch.Generator, *,
+                      out: Tensor | None = None,
+                      memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """The two views of each image as one (2N, C, S, S) tensor: rows i and N + i are the
+        two views of image i, ready for one forward pass of the encoder."""
+        params = self.sample_params(images, generator, views=2)
+        return apply(images, params, out=out, memory_format=memory_format,
+                     workspace=self.workspace)
 
 
 def _check_generator(images: Tensor, generator: torch.Generator) -> None:

@@ -124,6 +124,25 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    import torch
+
+    from fastclr.data import get_spec, load_split
+    from fastclr.plots import save_augmentation_grid
+    from fastclr.train import augment_from_config
+
+    cfg = _config_from_args(args)
+    spec = get_spec(cfg.data)
+    images = load_split(cfg.data, spec.pretrain[0], cfg.data_dir, cfg.download,
+                        size=cfg.image_size, sample=args.images).images
+    generator = torch.Generator().manual_seed(cfg.seed)
+    view1, view2 = augment_from_config(cfg).two_views(images, generator)
+    path = save_augmentation_grid(images, view1, view2, args.out)
+    print(f"wrote {path}: {len(images)} {cfg.data} images, each with the two views the model "
+          f"sees ({view1.shape[-1]} px)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from fastclr.config import list_presets, resolve_preset
 
@@ -167,6 +186,16 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", default=None, help="also look in this directory (as "
                    "`fastclr train --data-dir` would)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("preview", help="write a PNG of images and their two augmented views",
+                       description="See what the model sees: N images of the configured data "
+                       "set, each next to its two random views, as a PNG grid. Takes the same "
+                       "options as train (--config, --crop-scale, --color-strength ...).")
+    _add_config_options(p)
+    p.add_argument("--images", type=int, default=16, metavar="N",
+                   help="how many images to show (default 16; 4-64 reads well)")
+    p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
+    p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

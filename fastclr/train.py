@@ -140,6 +140,7 @@ class Run:
     autocast: bool
     guard: BufferGuard
     channels_last: bool
+    views: torch.Tensor | None = None  # the augmentation's output buffer, reused
 
     def train_step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns the loss and a bool tensor 'this step was skipped'."""
@@ -149,11 +150,12 @@ class Run:
             group["lr"] = lr
         self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
         self.guard.save()
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
+        # both; written into the same buffer every step (fresh pages cost more than the maths)
+        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
+        self.views = x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            v1, v2 = self.augment.two_views(images, self.generator)  # 2 x (n, C, S, S) in [0,1]
-            x = torch.cat([v1, v2])  # (2n, C, S, S): one forward for both views
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             _, z = self.forward(x)  # (2n, proj_dim)
             n = len(images)
             loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)

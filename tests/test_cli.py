@@ -73,3 +73,10 @@ def test_help_explains_every_option():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for f in options():
         assert "--" + f.name.replace("_", "-") in text
+
+
+def test_preview_writes_a_png(tmp_path, sample_dir):
+    out = tmp_path / "grid.png"
+    assert main(["preview", "--data-dir", str(sample_dir), "--images", "6", "--out",
+                 str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

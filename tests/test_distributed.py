@@ -24,9 +24,9 @@ def _images():
 class FixedViews:
     """Deterministic 'augmentation' so that both set-ups see exactly the same views."""
 
-    def two_views(self, images, generator):
+    def stacked_views(self, images, generator, out=None, memory_format=None):
         x = images.float() / 255
-        return x, x.flip(-1).roll(3, dims=-2)
+        return torch.cat([x, x.flip(-1).roll(3, dims=-2)]).contiguous(memory_format=memory_format)
 
 
 def _plain_gather(x):
