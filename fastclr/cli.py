@@ -125,6 +125,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from fastclr.distributed import resolve_device
+    from fastclr.embed import embed, embedding_parts, write_embedding
+    from fastclr.weights import load_weights
+
+    _set_threads(args.threads)
+    device = resolve_device(args.device)
+    weights = load_weights(args.weights, args.data, args.data_dir, device)
+    parts = embedding_parts(weights.cfg.data, args.split, weights.cfg.data_dir)
+    features, rows = embed(weights.encoder, parts, args.batch_size, device)
+    npy, index = write_embedding(args.out, features, rows)
+    print(f"wrote {tuple(features.shape)} features h of {weights.cfg.data} "
+          f"({', '.join(s for s, _ in parts)}) to {npy}, index in {index}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from fastclr.config import list_presets, resolve_preset
 
@@ -186,6 +202,25 @@ def build_parser() -> Parser:
                    help="skip the random-init and raw-pixel baselines")
     _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("embed", help="write an encoder's features h of a data set to .npy",
+                       description="Compute h = f(x) for every image of a data set and write "
+                       "OUT.npy (float32, N x feat_dim) and OUT.index.jsonl (one line per row: "
+                       "position, split, index, label, class, source).")
+    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt or "
+                   "run folder")
+    p.add_argument("--data", default=None, help="data set name; default: the one the encoder "
+                   "was trained on")
+    p.add_argument("--data-dir", default=None, help="where the data set's files are")
+    p.add_argument("--split", default="all", help="a split name (train, test) or all "
+                   "(default: every split, in order)")
+    p.add_argument("--out", default="embeddings.npy", help="output .npy path; the index goes "
+                   "beside it as .index.jsonl (default: embeddings.npy)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass; "
+                   "64-4096")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastclr.checkpoint import save_checkpoint
+from fastclr.checkpoint import export_encoder, save_checkpoint
 from fastclr.config import Config
 from fastclr.data import ImageSet, load_split
 from fastclr.diagnostics import alignment, contrastive_top1, diagnose, effective_rank, uniformity
-from fastclr.errors import ConfigError
+from fastclr.embed import embed, embedding_parts, index_path, write_embedding
+from fastclr.errors import ConfigError, DataError
 from fastclr.evaluate import (EncoderChangedError, extract_features, frozen,
                               knn_predict, knn_table, linear_probe, linear_probe_augmented,
                               nearest_neighbours, state_digest)
@@ -228,6 +229,65 @@ def test_diagnose_reports_h_and_z(fashion):
         assert out[f"uniformity_{space}"] <= 0
         assert 1 <= out[f"effective_rank_{space}"] <= out[f"dim_{space}"]
         assert 0 <= out[f"contrastive_top1_{space}"] <= 1
+
+
+# ---- embed -------------------------------------------------------------------------------------
+
+
+def test_embed_writes_features_and_a_matching_index(fashion, tmp_path):
+    encoder = tiny_encoder()
+    parts = [("test", fashion.subset(torch.arange(50))),
+             ("train", ImageSet(fashion.images[50:70], None, None))]
+    features, rows = embed(encoder, parts, batch_size=32)
+    npy, index = write_embedding(tmp_path / "out" / "feats", features, rows)
+    assert npy.name == "feats.npy" and index == index_path(npy)
+    saved = np.load(npy)
+    lines = [json.loads(line) for line in index.read_text().splitlines()]
+    assert saved.shape == (70, encoder.feat_dim) and saved.dtype == np.float32
+    assert len(lines) == len(saved)
+    assert [r["position"] for r in lines] == list(range(70))
+    assert lines[0]["split"] == "test" and lines[0]["label"] == int(fashion.labels[0])
+    assert lines[0]["class"] == fashion.classes[int(fashion.labels[0])]
+    assert lines[60] == {"position": 60, "split": "train", "index": 10, "label": None,
+                         "class": None, "source": None}
+    np.testing.assert_allclose(saved[:50], extract_features(encoder, fashion.images[:50]),
+                               atol=1e-5)
+
+
+def write_idx(path, data: torch.Tensor) -> None:
+    """uint8 tensor -> an IDX file (LeCun's MNIST format: magic 0 0 8 ndim, big-endian sizes)."""
+    header = bytes([0, 0, 8, data.ndim]) + b"".join(n.to_bytes(4, "big") for n in data.shape)
+    path.write_bytes(header + data.contiguous().numpy().tobytes())
+
+
+def test_embed_cli_from_an_exported_encoder(fashion, tmp_path, capsys):
+    from fastclr.cli import main
+
+    data_dir = tmp_path / "data"  # a small Fashion-MNIST in its official format
+    data_dir.mkdir()
+    for prefix, rows in (("train", slice(0, 30)), ("t10k", slice(30, 50))):
+        write_idx(data_dir / f"{prefix}-images-idx3-ubyte", fashion.images[rows, 0])
+        write_idx(data_dir / f"{prefix}-labels-idx1-ubyte", fashion.labels[rows].to(torch.uint8))
+    encoder = tiny_encoder()
+    meta = {"arch": "resnet18", "width": 0.125, "stem": "small-s2", "in_channels": 1,
+            "mean": [0.29], "std": [0.35], "feat_dim": encoder.feat_dim,
+            "data": "fashion-mnist", "step": 7}
+    export_encoder(encoder, tmp_path / "encoder.safetensors", meta)
+    out = tmp_path / "h.npy"
+    assert main(["embed", "--weights", str(tmp_path / "encoder.safetensors"), "--data-dir",
+                 str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in index_path(out).read_text().splitlines()]
+    assert np.load(out).shape == (50, encoder.feat_dim) and len(rows) == 50
+    assert [r["split"] for r in rows] == ["train"] * 30 + ["test"] * 20
+    assert rows[30]["label"] == int(fashion.labels[30])
+    assert main(["embed", "--weights", str(tmp_path / "encoder.safetensors"), "--data",
+                 "folder:/nowhere", "--out", str(out), "--device", "cpu"]) == 2
+    assert "folder" in capsys.readouterr().err
+
+
+def test_embedding_parts_refuses_a_split_of_a_folder():
+    with pytest.raises(DataError, match="no split"):
+        embedding_parts("folder:/nowhere", "train")
 
 
 # ---- loading weights, protocols, report --------------------------------------------------------
