@@ -9,6 +9,8 @@
   SGD on random crop + flip views, as the paper's ImageNet linear evaluation does.
 - The kNN classifier is the weighted vote of Wu et al. (2018): cosine similarity, the k nearest
   training features, each voting with exp(sim / T).
+- `OnlineProbe` is the linear classifier the official SimCLR code trains during pretraining on
+  stop-gradient h: a cheap learning-progress signal, not an evaluation.
 """
 
 from __future__ import annotations
@@ -320,4 +322,51 @@ def evaluate_encoder(encoder: nn.Module, train, test, device, batch_size: int = 
         f_train = extract_features(encoder, train.images, batch_size, device)
         f_test = extract_features(encoder, test.images, batch_size, device)
     return evaluate_features(f_train, train.labels, f_test, test.labels, k, temperature)
+
+
+# ---- during pretraining ---------------------------------------------------------------------
+
+
+class OnlineProbe(nn.Module):
+    """A linear classifier on stop-gradient h, trained alongside pretraining.
+
+    The official SimCLR code trains such a head on h.detach() in the same step, so labels
+    never shape the encoder; its accuracy on the (augmented, train-mode) batches is a cheap
+    sign of learning between kNN evaluations, not a test metric. It has its own Adam
+    optimiser (h changes scale as the encoder trains; Adam does not care). `step` reads
+    nothing on the host; `read` does, once per log line.
+    """
+
+    def __init__(self, feat_dim: int, num_classes: int, lr: float = 1e-3):
+        super().__init__()
+        self.linear = nn.Linear(feat_dim, num_classes)
+        self.lr = lr
+        self.optimizer = None  # made on first use, after .to(device)
+        self.register_buffer("correct", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros(()))
+
+    def step(self, h: torch.Tensor, labels: torch.Tensor, skip: torch.Tensor | None = None):
+        """One update on h (n, feat_dim) of one view and its labels (n,); `skip` is a bool
+        tensor (the pretraining step was skipped: h may not be finite), read on the device."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.linear.parameters(), lr=self.lr)
+        h = h.detach().float()  # stop-gradient: the probe never trains the encoder
+        keep = torch.ones((), dtype=torch.bool, device=h.device) if skip is None else ~skip
+        h = torch.where(keep, h, 0.0)  # a NaN h would poison the gradient even with weight 0
+        logits = self.linear(h)  # (n, num_classes)
+        loss = F.cross_entropy(logits, labels) * keep.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.correct += ((logits.argmax(1) == labels) & keep).sum()
+            self.seen += keep.float() * len(labels)
+
+    def read(self) -> float:
+        """Top-1 on the batches seen since the last read (nan if none), then reset."""
+        correct, seen = torch.stack([self.correct, self.seen]).tolist()
+        self.correct.zero_()
+        self.seen.zero_()
+        return correct / seen if seen else float("nan")
+
 

@@ -9,6 +9,7 @@ the device, and losses are read only every `log_every` steps.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import platform
@@ -28,7 +29,7 @@ from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoi
 from fastclr.config import Config, config_from_dict, save_config
 from fastclr.data import ImageSet, InMemoryBatches, channel_stats, get_spec, load_pretrain, load_split
 from fastclr.errors import CheckpointError, ConfigError
-from fastclr.evaluate import extract_features, knn_top1
+from fastclr.evaluate import OnlineProbe, extract_features, knn_top1
 from fastclr.loss import nt_xent
 from fastclr.models import SimCLR, model_from_config
 from fastclr.optim import build_optimizer, lr_at, peak_lr
@@ -95,9 +96,12 @@ class Run:
     generator: torch.Generator
     autocast: bool
     guard: BufferGuard
+    probe: OnlineProbe | None = None  # optional linear probe on stop-gradient h
 
-    def train_step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'."""
+    def train_step(self, images: torch.Tensor, step: int, labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
+        `labels` (n,) of the images feed the online probe, if there is one."""
         cfg, device = self.cfg, self.ctx.device
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
@@ -109,7 +113,7 @@ class Run:
             x = torch.cat([v1, v2])  # (2n, C, S, S): one forward for both views
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            _, z = self.forward(x)  # (2n, proj_dim)
+            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
             n = len(images)
             loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
         bad = ~torch.isfinite(loss.detach())
@@ -120,6 +124,8 @@ class Run:
         self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.guard.restore_if(bad)
+        if self.probe is not None and labels is not None:
+            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
         return loss.detach(), bad
 
 
@@ -331,6 +337,17 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         log.info("resumed from %s at step %d", resume_from, step)
 
     spe = run.batches.steps_per_epoch
+    label_batches = None
+    if cfg.online_probe and ctx.is_main:
+        if pretrain.labels is None:
+            log.warning("online_probe: %s has no labels for its pretraining images; no probe",
+                        cfg.data)
+        else:
+            classes = len(pretrain.classes or []) or int(pretrain.labels.max()) + 1
+            run.probe = OnlineProbe(run.model.encoder.feat_dim, classes).to(ctx.device)
+            # same seed and length as run.batches, so label batch i goes with image batch i
+            label_batches = InMemoryBatches(pretrain.labels.to(ctx.device), cfg.batch_size,
+                                            cfg.seed, ctx.rank, ctx.world_size)
     last_step = run.total_steps if cfg.max_steps is None else min(run.total_steps, cfg.max_steps)
     monitor = Monitor(cfg, ctx.device) if cfg.knn_every and ctx.is_main else None
     metrics = MetricsLog(run_dir, cfg.tensorboard) if ctx.is_main else None
@@ -369,8 +386,10 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
     run.forward.train()
     while step < last_step:
         epoch = step // spe
-        for images in run.batches.epoch(epoch, start=step % spe):
-            loss, bad = run.train_step(images, step)
+        labels = label_batches.epoch(epoch, start=step % spe) if label_batches is not None \
+            else itertools.repeat(None)
+        for images, batch_labels in zip(run.batches.epoch(epoch, start=step % spe), labels):
+            loss, bad = run.train_step(images, step, batch_labels)
             loss_sum += torch.where(bad, 0.0, loss)
             good += (~bad).float()
             skipped += bad.float()
@@ -389,8 +408,10 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                 mean_loss = loss_v / good_v if good_v else float("nan")
                 lr = run.optimizer.param_groups[0]["lr"]
                 if metrics is not None:
+                    probe = {"probe_top1": run.probe.read()} if run.probe is not None else {}
                     metrics.write(step, {"epoch": step / spe, "loss": mean_loss, "lr": lr,
-                                         "views_per_s": views, "skipped_steps": skipped_v})
+                                         "views_per_s": views, "skipped_steps": skipped_v,
+                                         **probe})
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
                                     views_s=f"{views:.0f}", refresh=False)

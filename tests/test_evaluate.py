@@ -12,11 +12,11 @@ import torch.nn as nn
 
 from fastclr.checkpoint import export_encoder, save_checkpoint
 from fastclr.config import Config
-from fastclr.data import ImageSet, load_split
+from fastclr.data import ImageSet, InMemoryBatches, load_split
 from fastclr.diagnostics import alignment, contrastive_top1, diagnose, effective_rank, uniformity
 from fastclr.embed import embed, embedding_parts, index_path, write_embedding
 from fastclr.errors import ConfigError, DataError
-from fastclr.evaluate import (EncoderChangedError, extract_features, frozen,
+from fastclr.evaluate import (EncoderChangedError, OnlineProbe, extract_features, frozen,
                               knn_predict, knn_table, linear_probe, linear_probe_augmented,
                               nearest_neighbours, state_digest)
 from fastclr.finetune import balanced_subset, finetune
@@ -229,6 +229,57 @@ def test_diagnose_reports_h_and_z(fashion):
         assert out[f"uniformity_{space}"] <= 0
         assert 1 <= out[f"effective_rank_{space}"] <= out[f"dim_{space}"]
         assert 0 <= out[f"contrastive_top1_{space}"] <= 1
+
+
+# ---- the online probe --------------------------------------------------------------------------
+
+
+def test_label_batches_line_up_with_image_batches():
+    # an image whose pixels all equal its label: a batch of images shows its own labels
+    labels = torch.arange(10).repeat(30)
+    images = labels.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    image_batches = InMemoryBatches(images, 32, seed=5)
+    label_batches = InMemoryBatches(labels, 32, seed=5)
+    for epoch in (0, 3):
+        for imgs, lbls in zip(image_batches.epoch(epoch, start=2),
+                              label_batches.epoch(epoch, start=2)):
+            assert torch.equal(imgs[:, 0, 0, 0].long(), lbls)
+
+
+def test_online_probe_learns_without_touching_its_input():
+    x, y = blobs(50, 3, 8, spread=0.5, seed=1)
+    h = x.clone().requires_grad_(True)
+    probe = OnlineProbe(8, 3, lr=0.05)
+    for _ in range(50):
+        probe.step(h, y, torch.tensor(False))
+    assert h.grad is None  # stop-gradient: nothing flows back into the encoder's output
+    probe.read()
+    probe.step(h, y, torch.tensor(False))
+    assert probe.read() == 1.0
+    nan_h = torch.full_like(x, float("nan"))
+    probe.step(nan_h, y, torch.tensor(True))  # a skipped pretraining step
+    assert all(torch.isfinite(p).all() for p in probe.parameters())
+    assert math.isnan(probe.read())  # nothing counted
+
+
+def test_online_probe_leaves_the_pretraining_step_unchanged(fashion):
+    from fastclr.distributed import Context
+    from fastclr.train import build_run
+
+    cfg = Config(width=0.125, stem="small-s2", batch_size=32, online_probe=True)
+    ctx = Context(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    labels = next(InMemoryBatches(fashion.labels, 32, cfg.seed).epoch(0))
+    digests = []
+    for with_probe in (False, True):
+        run = build_run(cfg, ctx, fashion)
+        images = next(run.batches.epoch(0))
+        if with_probe:
+            run.probe = OnlineProbe(run.model.encoder.feat_dim, 10)
+        for step in range(2):
+            run.train_step(images, step, labels)
+        digests.append(state_digest(run.model))
+    assert digests[0] == digests[1]  # same weights and BN statistics, bit for bit
+    assert run.probe.seen.item() == 64
 
 
 # ---- embed -------------------------------------------------------------------------------------
