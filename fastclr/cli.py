@@ -118,9 +118,10 @@ def cmd_eval(args) -> int:
     weights = load_weights(args.target, args.data, args.data_dir, device)
     out_dir = args.out or default_out_dir(weights)
     print(f"evaluating {args.target} on {weights.cfg.data}: {', '.join(protocols)}", flush=True)
+    finetune_epochs = None if args.finetune_epochs is None else dict(
+        zip((0.01, 0.1), args.finetune_epochs))
     report = evaluate_weights(weights, protocols, device, out_dir, args.seed, print,
-                              args.linear_aug_epochs, {0.01: args.finetune_epochs[0],
-                                                       0.1: args.finetune_epochs[1]})
+                              args.linear_aug_epochs, finetune_epochs)
     _print_report(report, out_dir)
     return 0
 
@@ -191,10 +192,10 @@ def build_parser() -> Parser:
                    "run folder, or eval-<name>/ beside a weights file")
     p.add_argument("--seed", type=int, default=0, help="seed of label subsets, probes, views and "
                    "t-SNE (default 0: reports of different runs compare like with like)")
-    p.add_argument("--linear-aug-epochs", type=int, default=5, metavar="N",
+    p.add_argument("--linear-aug-epochs", type=int, default=None, metavar="N",
                    help="epochs of the linear-aug protocol (paper: 90 on ImageNet; default 5 "
                    "for a CPU)")
-    p.add_argument("--finetune-epochs", type=_two_ints, default=(60, 30), metavar="A,B",
+    p.add_argument("--finetune-epochs", type=_two_ints, default=None, metavar="A,B",
                    help="fine-tuning epochs on 1%% and 10%% of the labels (default: the "
                    "paper's 60,30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

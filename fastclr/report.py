@@ -1,6 +1,6 @@
 """`fastclr eval`: run the chosen protocols on one encoder, time each, write report.json.
 
-A protocol is a function of an `Session` (the weights, the labeled train/test splits and
+A protocol is a function of a `Session` (the weights, the labeled train/test splits and
 cached features) returning flat report entries. Top-1/top-5 values are fractions of the test
 set in [0, 1]; report.json keeps them so, the printed table shows percent.
 """
@@ -23,6 +23,7 @@ from fastclr.evaluate import (evaluate_encoder, evaluate_features, extract_featu
                               knn_table, knn_top1, linear_probe, linear_probe_augmented,
                               nearest_neighbours, pixel_features, project)
 from fastclr.finetune import PAPER_EPOCHS, balanced_subset, finetune
+from fastclr.models import build_encoder
 from fastclr.weights import Weights, load_weights
 
 # every protocol, in the order they run (`fastclr eval --help` describes each)
@@ -55,7 +56,6 @@ def parse_protocols(text: str | None) -> tuple[str, ...]:
 
 def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
     """A freshly initialised encoder of the same architecture and input normalisation."""
-    from fastclr.models import build_encoder
     torch.manual_seed(seed)
     fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind, encoder.mean.shape[1],
                           encoder.mean.flatten().tolist(), encoder.std.flatten().tolist())
@@ -224,9 +224,10 @@ def default_out_dir(weights: Weights) -> Path:
 
 
 def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=None,
-                     seed: int = 0, progress=None, linear_aug_epochs: int = LINEAR_AUG_EPOCHS,
+                     seed: int = 0, progress=None, linear_aug_epochs: int | None = None,
                      finetune_epochs: dict[float, int] | None = None) -> dict:
-    """Run `protocols` on loaded weights; merge into out_dir/report.json and return it.
+    """Run the evaluation `protocols` (SimCLR section 4, section 6, appendix B) on loaded
+    weights; merge the results into out_dir/report.json and return them.
 
     `finetune_epochs` maps label fractions to epochs (default: the paper's 1% -> 60,
     10% -> 30); `progress(line)` is called after each protocol.
@@ -252,8 +253,8 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
     if weights.kind == "run":
         report["epochs"] = cfg.epochs
     seconds = report.setdefault("seconds", {})
-    session = Session(weights, train, test, device, out_dir, seed, linear_aug_epochs,
-                      finetune_epochs)
+    session = Session(weights, train, test, device, out_dir, seed,
+                      linear_aug_epochs or LINEAR_AUG_EPOCHS, finetune_epochs)
     start = time.perf_counter()
     for name in protocols:
         t0 = time.perf_counter()

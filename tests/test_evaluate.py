@@ -311,14 +311,22 @@ def write_idx(path, data: torch.Tensor) -> None:
     path.write_bytes(header + data.contiguous().numpy().tobytes())
 
 
-def test_embed_cli_from_an_exported_encoder(fashion, tmp_path, capsys):
-    from fastclr.cli import main
-
-    data_dir = tmp_path / "data"  # a small Fashion-MNIST in its official format
+@pytest.fixture
+def small_fashion_dir(fashion, tmp_path):
+    """A Fashion-MNIST of 40 train and 20 test images, in its official IDX format."""
+    data_dir = tmp_path / "data"
     data_dir.mkdir()
-    for prefix, rows in (("train", slice(0, 30)), ("t10k", slice(30, 50))):
+    order = torch.randperm(len(fashion), generator=torch.Generator().manual_seed(0))
+    for prefix, rows in (("train", order[:40]), ("t10k", order[40:60])):
         write_idx(data_dir / f"{prefix}-images-idx3-ubyte", fashion.images[rows, 0])
         write_idx(data_dir / f"{prefix}-labels-idx1-ubyte", fashion.labels[rows].to(torch.uint8))
+    return data_dir
+
+
+def test_embed_cli_from_an_exported_encoder(small_fashion_dir, tmp_path, capsys):
+    from fastclr.cli import main
+
+    data_dir = small_fashion_dir
     encoder = tiny_encoder()
     meta = {"arch": "resnet18", "width": 0.125, "stem": "small-s2", "in_channels": 1,
             "mean": [0.29], "std": [0.35], "feat_dim": encoder.feat_dim,
@@ -328,9 +336,9 @@ def test_embed_cli_from_an_exported_encoder(fashion, tmp_path, capsys):
     assert main(["embed", "--weights", str(tmp_path / "encoder.safetensors"), "--data-dir",
                  str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
     rows = [json.loads(line) for line in index_path(out).read_text().splitlines()]
-    assert np.load(out).shape == (50, encoder.feat_dim) and len(rows) == 50
-    assert [r["split"] for r in rows] == ["train"] * 30 + ["test"] * 20
-    assert rows[30]["label"] == int(fashion.labels[30])
+    assert np.load(out).shape == (60, encoder.feat_dim) and len(rows) == 60
+    assert [r["split"] for r in rows] == ["train"] * 40 + ["test"] * 20
+    assert rows[40]["index"] == 0 and rows[40]["label"] is not None
     assert main(["embed", "--weights", str(tmp_path / "encoder.safetensors"), "--data",
                  "folder:/nowhere", "--out", str(out), "--device", "cpu"]) == 2
     assert "folder" in capsys.readouterr().err
@@ -357,6 +365,35 @@ def test_load_weights_from_a_checkpoint_gives_encoder_and_head(tmp_path):
     assert state_digest(weights.encoder) == state_digest(model.encoder)
     assert state_digest(weights.head) == state_digest(model.head)
     assert not weights.encoder.training
+
+
+def test_eval_cli_runs_the_protocols_on_a_checkpoint(small_fashion_dir, tmp_path, capsys):
+    from fastclr.cli import main
+
+    cfg = Config(width=0.125, stem="small-s2", proj_dim=16, batch_size=16)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 0.125, "small-s2", 1, "nonlinear", 2, None, 16, [0.3], [0.4])
+    save_checkpoint(tmp_path / "ckpt.pt", {"step": 3, "model": model.state_dict(),
+                                           "config": cfg.to_dict()})
+    args = ["eval", str(tmp_path / "ckpt.pt"), "--data-dir", str(small_fashion_dir),
+            "--device", "cpu", "--linear-aug-epochs", "1", "--finetune-epochs", "1,1"]
+    assert main(args + ["--protocol", "all", "--no-baselines"]) == 0  # pixels: slow L-BFGS
+    out = tmp_path / "eval-ckpt"
+    report = json.loads((out / "report.json").read_text())
+    for key in ("linear_top1", "linear_z_top1", "knn_top1", "knn_z_top1", "linear_aug_top1",
+                "finetune_1pct_top1", "finetune_10pct_top1", "contrastive_top1_z"):
+        assert 0 <= report[key] <= 1, key
+    assert 1 <= report["effective_rank_h"] <= report["feature_dim"]
+    assert report["finetune_1pct_images"] == 10  # 40 images: at least 1 of each class
+    assert set(report["knn_table"]) == {"1", "5", "20", "200"}
+    assert report["plots"] == ["embedding_map.png", "nearest_neighbours.png"]  # no metrics
+    assert all(_is_png(out / name) for name in report["plots"])
+    assert "h - z (linear)" in capsys.readouterr().out
+    # a later run of one protocol keeps the others' entries for the same weights
+    assert main(args + ["--protocol", "knn"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["linear_top1"] == report["linear_top1"] and "finetune_10pct_top1" in again
+    assert main(["eval", str(tmp_path / "ckpt.pt"), "--protocol", "svm"]) == 2
 
 
 def test_parse_protocols():
