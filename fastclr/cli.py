@@ -27,9 +27,10 @@ on the same weights are kept. Protocols:
                encoder (the paper's ImageNet linear evaluation; --linear-aug-epochs)
   finetune     slow: semi-supervised fine-tuning of encoder + linear head on class-balanced
                1% and 10% of the labels (section 6; --finetune-epochs)
-'fast' (the default) is linear, knn, baselines, diagnostics, plots: about 2 minutes for the
-fashion-mnist-cpu model on 2 CPU cores. 'all' adds linear-aug and finetune: about 10 minutes
-more."""
+'fast' (the default) is linear, knn, baselines, diagnostics, plots. Measured for the
+fashion-mnist-cpu model (1 epoch) on a 2-core CPU shared with other jobs: 7.5-9.5 minutes,
+of which baselines (L-BFGS on 784 raw pixels) take 5 (--no-baselines skips them). 'all'
+adds linear-aug (3 minutes) and finetune (6 minutes). Use --threads 1 on a busy CPU."""
 
 
 class Parser(argparse.ArgumentParser):

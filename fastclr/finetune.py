@@ -66,7 +66,6 @@ def finetune(encoder: nn.Module, train_images: torch.Tensor, train_labels: torch
     images, labels = train_images.to(device), train_labels.to(device)
     order_gen = torch.Generator().manual_seed(seed)
     view_gen = torch.Generator(device).manual_seed(seed)
-    torch.manual_seed(seed)
     with frozen(encoder):  # proves the original is untouched: only the copy trains
         model = copy.deepcopy(encoder).to(device)
     model.requires_grad_(True)
