@@ -11,6 +11,27 @@ from fastclr.errors import FastclrError
 
 EXIT_USAGE = 2
 
+EVAL_HELP = """\
+Evaluate a trained encoder with the SimCLR protocols; report.json (and PNGs) go to the run
+folder, or to eval-<name>/ beside a weights file. Entries of earlier runs of other protocols
+on the same weights are kept. Protocols:
+  linear       logistic regression (L-BFGS, L2 chosen on a held-out 10%) on cached frozen
+               features h, and on z = g(h) when the head is known (paper section 4.2)
+  knn          weighted cosine kNN on h (k = knn_k, T = knn_temperature from the run's
+               config), and a table for k = 1, 5, 20, 200
+  baselines    linear and kNN of a random-init encoder of the same shape, and of raw pixels
+  diagnostics  alignment, uniformity, effective rank and contrastive top-1 on augmented
+               view pairs of 2048 test images
+  plots        training_curves.png, embedding_map.png (t-SNE), nearest_neighbours.png
+  linear-aug   slow: a linear layer trained by SGD on crop + flip views of the frozen
+               encoder (the paper's ImageNet linear evaluation; --linear-aug-epochs)
+  finetune     slow: semi-supervised fine-tuning of encoder + linear head on class-balanced
+               1% and 10% of the labels (section 6; --finetune-epochs)
+'fast' (the default) is linear, knn, baselines, diagnostics, plots. Measured for the
+fashion-mnist-cpu model (1 epoch) on a 2-core CPU shared with other jobs: 7.5-9.5 minutes,
+of which baselines (L-BFGS on 784 raw pixels) take 5 (--no-baselines skips them). 'all'
+adds linear-aug (3 minutes) and finetune (6 minutes). Use --threads 1 on a busy CPU."""
+
 
 def one_line(text: str) -> str:
     """User text (paths, values) may hold line breaks; an error message must stay one line."""
@@ -55,7 +76,7 @@ def _config_from_args(args) -> "Config":  # noqa: F821
 
 def cmd_train(args) -> int:
     from fastclr.distributed import resolve_device
-    from fastclr.evaluate import evaluate_run
+    from fastclr.report import evaluate_run
     from fastclr.train import train
 
     cfg = _config_from_args(args)
@@ -68,37 +89,69 @@ def cmd_train(args) -> int:
               f"encoder is {run_dir / 'encoder.safetensors'}", flush=True)
         return 0
     print(f"evaluating the frozen encoder on {cfg.data} (linear probe and kNN)...", flush=True)
-    report = evaluate_run(run_dir, cfg, resolve_device(cfg.device), cfg.baselines)
+    protocols = ("linear", "knn") + (("baselines",) if cfg.baselines else ())
+    report = evaluate_run(run_dir, resolve_device(cfg.device), protocols)
     _print_report(report, run_dir)
     return 0
 
 
-def _print_report(report: dict, run_dir) -> None:
-    from fastclr.evaluate import format_report
+def _print_report(report: dict, out_dir) -> None:
+    from fastclr.report import format_report
 
     print()
     print(format_report(report))
     extra = f"; pretraining took {report['train_seconds']:.0f} s" \
         if "train_seconds" in report else ""
-    print(f"run folder: {run_dir} (report.json, metrics.jsonl, encoder.safetensors){extra}")
+    print(f"results in {out_dir}/report.json{extra}")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch; default: torch's choice (on a CPU shared "
+                        "with other jobs, 1 can be several times faster)")
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
-    from fastclr.config import config_from_dict, read_yaml
     from fastclr.distributed import resolve_device
-    from fastclr.evaluate import evaluate_run
+    from fastclr.report import default_out_dir, evaluate_weights, parse_protocols
+    from fastclr.weights import load_weights
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "encoder.safetensors").is_file():
-        raise FastclrError(f"{run_dir} is not a finished fastclr run folder (it needs "
-                           "config.yaml and encoder.safetensors)")
-    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
-    if args.data_dir is not None:
-        cfg.data_dir = args.data_dir
-    report = evaluate_run(run_dir, cfg, resolve_device(args.device), not args.no_baselines)
-    _print_report(report, run_dir)
+    _set_threads(args.threads)
+    protocols = parse_protocols(args.protocol)
+    if args.no_baselines:
+        protocols = tuple(p for p in protocols if p != "baselines")
+    device = resolve_device(args.device)
+    weights = load_weights(args.target, args.data, args.data_dir, device)
+    out_dir = args.out or default_out_dir(weights)
+    print(f"evaluating {args.target} on {weights.cfg.data}: {', '.join(protocols)}", flush=True)
+    finetune_epochs = None if args.finetune_epochs is None else dict(
+        zip((0.01, 0.1), args.finetune_epochs))
+    report = evaluate_weights(weights, protocols, device, out_dir, args.seed, print,
+                              args.linear_aug_epochs, finetune_epochs)
+    _print_report(report, out_dir)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from fastclr.distributed import resolve_device
+    from fastclr.embed import embed, embedding_parts, write_embedding
+    from fastclr.weights import load_weights
+
+    _set_threads(args.threads)
+    device = resolve_device(args.device)
+    weights = load_weights(args.weights, args.data, args.data_dir, device)
+    size = weights.cfg.image_size
+    parts = embedding_parts(weights.cfg.data, args.split, weights.cfg.data_dir, size)
+    features, rows = embed(weights.encoder, parts, args.batch_size, device, size)
+    npy, index = write_embedding(args.out, features, rows)
+    print(f"wrote {tuple(features.shape)} features h of {weights.cfg.data} "
+          f"({', '.join(s for s, _ in parts)}) to {npy}, index in {index}")
     return 0
 
 
@@ -151,6 +204,16 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _two_ints(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers like 60,30, got {text!r}")
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"epochs must be >= 1, got {text!r}")
+    return a, b
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fastclr", description="SimCLR pretraining and evaluation "
                     "(Chen et al., ICML 2020). Start with `fastclr train --config "
@@ -167,15 +230,32 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's encoder (linear probe, kNN)",
-                       description="Evaluate the frozen encoder of a finished run: linear probe "
-                       "and weighted kNN on its data set, with random-init and pixel baselines.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `fastclr train`")
+    p = sub.add_parser("eval", help="evaluate an encoder (linear, kNN, fine-tuning, ...)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=EVAL_HELP)
+    p.add_argument("target", metavar="RUN_DIR_OR_WEIGHTS", help="a run folder written by "
+                   "`fastclr train`, an exported encoder.safetensors, or a checkpoint .pt "
+                   "(only folders and checkpoints hold the head, needed for z)")
+    p.add_argument("--protocol", default="fast", metavar="LIST",
+                   help="comma list of protocols, or fast (default) or all")
+    p.add_argument("--data", default=None, help="data set to evaluate on; default: the one the "
+                   "encoder was trained on (from its config or metadata)")
     p.add_argument("--data-dir", default=None, help="where the data set's files are, if not "
                    "where training found them")
+    p.add_argument("--out", default=None, help="folder for report.json and PNGs; default: the "
+                   "run folder, or eval-<name>/ beside a weights file")
+    p.add_argument("--seed", type=int, default=0, help="seed of label subsets, probes, views and "
+                   "t-SNE (default 0: reports of different runs compare like with like)")
+    p.add_argument("--linear-aug-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the linear-aug protocol (paper: 90 on ImageNet; default 5 "
+                   "for a CPU)")
+    p.add_argument("--finetune-epochs", type=_two_ints, default=None, metavar="A,B",
+                   help="fine-tuning epochs on 1%% and 10%% of the labels (default: the "
+                   "paper's 60,30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
+    _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="list the data sets, where they are looked for, and "
@@ -196,6 +276,25 @@ def build_parser() -> Parser:
                    help="how many images to show (default 16; 4-64 reads well)")
     p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("embed", help="write an encoder's features h of a data set to .npy",
+                       description="Compute h = f(x) for every image of a data set and write "
+                       "OUT.npy (float32, N x feat_dim) and OUT.index.jsonl (one line per row: "
+                       "position, split, index, label, class, source).")
+    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt or "
+                   "run folder")
+    p.add_argument("--data", default=None, help="data set name; default: the one the encoder "
+                   "was trained on")
+    p.add_argument("--data-dir", default=None, help="where the data set's files are")
+    p.add_argument("--split", default="all", help="a split name (train, test) or all "
+                   "(default: every split, in order)")
+    p.add_argument("--out", default="embeddings.npy", help="output .npy path; the index goes "
+                   "beside it as .index.jsonl (default: embeddings.npy)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass; "
+                   "64-4096")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

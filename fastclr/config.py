@@ -145,6 +145,11 @@ class Config:
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
                                   low=1e-3)
     eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1)
+    online_probe: bool = _opt(False, "during pretraining, train a linear classifier on "
+                              "stop-gradient h of one view with its own optimiser and log its "
+                              "top-1 on the training batches as probe_top1 in metrics.jsonl "
+                              "(labeled data sets only; a progress signal, not an evaluation)",
+                              "eval")
 
     # where the config came from (informational; not an option)
     name: str = field(default="custom", metadata={"internal": True})

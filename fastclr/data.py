@@ -51,14 +51,16 @@ class ImageSet:
     source: str = ""
     fingerprint: str = ""  # sha256 of the files read (see images.fingerprint)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not read
+    paths: list[str] | None = None  # the file of each image, for sets read from files
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = None if self.labels is None else self.labels[index]
+        paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
         return ImageSet(self.images[index], labels, self.classes, self.name, self.source,
-                        self.fingerprint, self.skipped)
+                        self.fingerprint, self.skipped, paths)
 
 
 @dataclass
@@ -232,12 +234,14 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None,
             raise DataError(f"{name} ({split}) would take {gib:.0f} GiB decoded at {side} px, "
                             "more than half of this machine's memory (evaluating a split this "
                             "large needs features streamed from files, not supported yet)")
-        images, kept, failures = decode_many([index.path(i) for i in rows], side)
+        files = [index.path(i) for i in rows]
+        images, kept, failures = decode_many(files, side)
         labels = None
         if index.labels is not None:
             labels = torch.from_numpy(index.labels[list(rows)])[kept]
+        paths = [str(f) for f, ok in zip(files, kept.tolist()) if ok]
         result = ImageSet(images, labels, index.classes, name, str(root), index.fingerprint,
-                          index.skipped + failures)
+                          index.skipped + failures, paths)
     else:
         result = spec.read(root, split)
         result.name, result.source = name, str(root)
@@ -273,6 +277,7 @@ class Pretrain:
     images: torch.Tensor | None = None
     index: FolderIndex | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    labels: torch.Tensor | None = None  # (N,) int64, for the online probe; None if unlabeled
 
     def __len__(self) -> int:
         return self.count
@@ -283,16 +288,17 @@ class Pretrain:
 
     @classmethod
     def from_images(cls, images: torch.Tensor, name: str = "", source: str = "",
-                    fingerprint: str = "", skipped=()) -> "Pretrain":
+                    fingerprint: str = "", skipped=(), labels=None) -> "Pretrain":
         """uint8 (N, C, H, W) images held in memory, normalised with their own statistics."""
         mean, std = channel_stats(images)
         return cls(name, source, len(images), tuple(images.shape[1:]), mean, std, fingerprint,
-                   images=images, skipped=list(skipped))
+                   images=images, skipped=list(skipped), labels=labels)
 
 
 def load_pretrain(name: str, data_dir=None, download: bool = False,
                   image_size: int | None = None) -> Pretrain:
-    """All images pretraining may use: fixed sets loaded (labels dropped), folders indexed."""
+    """All images pretraining may use: fixed sets loaded, folders indexed. Labels are kept
+    (for the online probe only) when pretraining reads one labeled split."""
     spec = get_spec(name)
     if spec.streamed:
         if len(spec.pretrain) != 1:
@@ -304,13 +310,14 @@ def load_pretrain(name: str, data_dir=None, download: bool = False,
                         IMAGENET_STD, index.fingerprint, index=index, skipped=index.skipped)
     parts = [load_split(name, s, data_dir, download) for s in spec.pretrain]
     source, skipped = parts[0].source, [x for p in parts for x in p.skipped]
+    labels = None
     if len(parts) == 1:
-        images, fp = parts[0].images, parts[0].fingerprint
+        images, fp, labels = parts[0].images, parts[0].fingerprint, parts[0].labels
     else:  # e.g. STL-10: unlabeled + train; the hash covers each split's files
         fp = fingerprint((f"{s}:{p.fingerprint}", len(p)) for s, p in zip(spec.pretrain, parts))
         images = torch.cat([p.images for p in parts])
     del parts  # after a cat, free the pieces (STL-10: 2.9 GB)
-    return Pretrain.from_images(images, name, source, fp, skipped)
+    return Pretrain.from_images(images, name, source, fp, skipped, labels)
 
 
 def pretrain_batches(pretrain: Pretrain, batch_size: int, seed: int, rank: int = 0,

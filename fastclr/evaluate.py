@@ -1,16 +1,23 @@
 """How good are the features: the frozen-encoder protocols of SimCLR section 4 and appendix B.
 
-- Features are h from the frozen encoder in eval mode, on un-augmented images.
+- Features are h from the frozen encoder in eval mode, on un-augmented images. Every protocol
+  here runs inside `frozen(encoder)`, which proves afterwards that no weight and no BN statistic
+  moved: a "linear evaluation" that quietly fine-tunes the backbone is the classic bug.
 - The linear probe is multinomial logistic regression on those cached features, fitted with
   L-BFGS and an L2 penalty chosen on a held-out part of the training set (appendix B.5 does
-  the same for its transfer tasks). The encoder gets no gradient.
+  the same for its transfer tasks). `linear_probe_augmented` instead trains a linear layer by
+  SGD on random crop + flip views, as the paper's ImageNet linear evaluation does.
 - The kNN classifier is the weighted vote of Wu et al. (2018): cosine similarity, the k nearest
   training features, each voting with exp(sim / T).
+- `OnlineProbe` is the linear classifier the official SimCLR code trains during pretraining on
+  stop-gradient h: a cheap learning-progress signal, not an evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import time
 
 import torch
@@ -20,10 +27,61 @@ import torch.nn.functional as F
 from fastclr.images import center_view
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (features are cast back to fp32), nothing on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# ---- the frozen-encoder guarantee -----------------------------------------------------------
+
+
+class EncoderChangedError(RuntimeError):
+    """A frozen-encoder protocol changed the encoder's weights or BN statistics (a bug here)."""
+
+
+def state_digest(module: nn.Module) -> dict[str, str]:
+    """sha256 of every parameter and buffer of `module`, by state_dict name.
+
+    Buffers matter as much as weights: a BN layer left in train mode changes no weight but
+    moves running_mean/var on every forward, and the features with them.
+    """
+    digests = {}
+    for name, t in module.state_dict().items():
+        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bytes of any dtype
+        digests[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+    return digests
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Run a frozen-encoder protocol: eval mode, no gradients, and proof afterwards.
+
+    Inside, `module` is in eval mode with requires_grad off. On leaving, modes and flags are
+    restored and EncoderChangedError is raised if any parameter or buffer differs from before
+    (SimCLR section 4: linear evaluation trains a classifier on a *frozen* base network).
+    """
+    before = state_digest(module)
+    modes = [m.training for m in module.modules()]
+    flags = [p.requires_grad for p in module.parameters()]
+    module.eval()
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for m, mode in zip(module.modules(), modes):
+            m.training = mode
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+    changed = [k for k, v in state_digest(module).items() if before.get(k) != v]
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5
+                                          else "")
+        raise EncoderChangedError(f"the frozen encoder changed during evaluation: {shown}")
+
+
+# ---- features -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -49,11 +107,26 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
                 x = center_view(x, size)  # (n, C, size, size)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
+            with autocast_for(device):
                 out.append(encoder(x).float())
     finally:
         encoder.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def project(head: nn.Module, h: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """z = g(h) for cached features h (N, feat_dim) -> (N, proj_dim), head in eval mode.
+
+    Linear evaluation on z is the paper's h-versus-z comparison (section 4.2, Figure 8).
+    """
+    was_training = head.training
+    head.eval()  # BN in the head uses its running statistics, not the batch's
+    try:
+        return torch.cat([head(h[i: i + batch_size]).float()
+                          for i in range(0, len(h), batch_size)])
+    finally:
+        head.train(was_training)
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
@@ -62,28 +135,56 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
+                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices (M, k) of each query's k most similar bank rows."""
+    k = min(k, len(bank))
+    bank = F.normalize(bank.float(), dim=1)  # (N, D)
+    sims, idxs = [], []
+    for i in range(0, len(queries), chunk):  # chunks keep the (m, N) similarity block small
+        q = F.normalize(queries[i: i + chunk].float().to(bank.device), dim=1)  # (m, D)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (m, k), most similar first
+        sims.append(sim)
+        idxs.append(idx)
+    return torch.cat(sims), torch.cat(idxs)
+
+
+def _knn_votes(sim: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float,
+               num_classes: int) -> torch.Tensor:
+    """(M, k) similarities and labels of the neighbours -> (M, num_classes) weighted votes."""
+    votes = torch.zeros(len(sim), num_classes, device=sim.device)
+    return votes.scatter_add_(1, neighbour_labels, (sim / temperature).exp())
+
+
+@torch.no_grad()
 def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                 k: int = 200, temperature: float = 0.1, num_classes: int | None = None,
                 chunk: int = 1024) -> torch.Tensor:
     """Class scores (M, num_classes) of the weighted cosine kNN vote for each test feature."""
     num_classes = num_classes or int(train_y.max()) + 1
-    k = min(k, len(train_x))
-    bank = F.normalize(train_x.float(), dim=1)  # (N, D)
-    scores = []
-    for i in range(0, len(test_x), chunk):
-        q = F.normalize(test_x[i: i + chunk].float(), dim=1)  # (m, D)
-        sim, idx = (q @ bank.T).topk(k, dim=1)  # (m, k)
-        weights = (sim / temperature).exp()
-        votes = torch.zeros(len(q), num_classes, device=q.device)
-        votes.scatter_add_(1, train_y[idx], weights)
-        scores.append(votes)
-    return torch.cat(scores)
+    sim, idx = nearest_neighbours(train_x, test_x, k, chunk)
+    return _knn_votes(sim, train_y.to(sim.device)[idx], temperature, num_classes)
 
 
 def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float = 0.1) -> float:
     scores = knn_predict(train_x, train_y.to(train_x.device), test_x.to(train_x.device), k,
                          temperature)
     return (scores.argmax(1).cpu() == test_y.cpu()).float().mean().item()
+
+
+@torch.no_grad()
+def knn_table(train_x, train_y, test_x, test_y, ks=(1, 5, 20, 200),
+              temperature: float = 0.1) -> dict[int, float]:
+    """Weighted kNN top-1 for several k from one neighbour search (the largest k's)."""
+    num_classes = int(train_y.max()) + 1
+    sim, idx = nearest_neighbours(train_x, test_x, max(ks))  # (M, kmax), sorted
+    labels = train_y.to(sim.device)[idx]
+    test_y = test_y.to(sim.device)
+    table = {}
+    for k in ks:  # the k nearest are the first k columns of the sorted top-kmax
+        votes = _knn_votes(sim[:, :k], labels[:, :k], temperature, num_classes)
+        table[k] = (votes.argmax(1) == test_y).float().mean().item()
+    return table
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -118,11 +219,13 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_dec
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, weight_decays=(1e-5, 1e-4, 1e-3), val_fraction=0.1,
-                 max_iter: int = 300, seed: int = 0) -> dict:
+                 max_iter: int = 300, seed: int = 0, select_iter: int = 100) -> dict:
     """Logistic regression on frozen features; L2 strength picked on a held-out split.
 
-    Features are standardised with the training mean and std. Returns top-1 and top-5 on the
-    test features, and the chosen weight decay.
+    Features are standardised with the training mean and std. The candidate fits run for
+    `select_iter` L-BFGS iterations (enough to rank them, and a third of the cost), the final
+    fit for `max_iter`. Returns top-1 and top-5 on the test features, and the chosen weight
+    decay.
     """
     device = train_x.device
     train_y, test_y = train_y.to(device), test_y.to(device)
@@ -137,7 +240,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         val, fit = perm[:n_val], perm[n_val:]
         best_acc = -1.0
         for wd in weight_decays:
-            clf = _fit_logistic(xs[fit], train_y[fit], num_classes, wd, max_iter)
+            clf = _fit_logistic(xs[fit], train_y[fit], num_classes, wd, select_iter)
             with torch.no_grad():
                 acc = topk_accuracy(clf(xs[val]), train_y[val], 1)
             if acc > best_acc:
@@ -147,6 +250,69 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         logits = clf(ts)
     return {"top1": topk_accuracy(logits, test_y, 1), "top5": topk_accuracy(logits, test_y, 5),
             "weight_decay": best_wd}
+
+
+def cosine_lr(step: int, total: int, peak: float) -> float:
+    """Cosine decay from `peak` at step 0 to 0 at `total`, no warmup (appendix B.5)."""
+    return 0.5 * peak * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def linear_probe_augmented(encoder: nn.Module, train_images: torch.Tensor,
+                           train_labels: torch.Tensor, test_images: torch.Tensor,
+                           test_labels: torch.Tensor, augment, epochs: int = 5,
+                           batch_size: int = 256, base_lr: float = 0.1, seed: int = 0,
+                           device: torch.device | str = "cpu", eval_batch_size: int = 512) -> dict:
+    """Linear evaluation with augmentation: a linear layer trained by SGD on random crop + flip
+    views of the frozen encoder's h, scored on un-augmented test images (top-1, top-5).
+
+    As the paper's ImageNet linear evaluation (appendix B, official code): Nesterov momentum
+    0.9, lr base_lr x B/256 with cosine decay and no warmup, no weight decay, logits layer
+    initialised to zero. One addition: a BatchNorm without affine parameters in front of the
+    layer standardises h (as MAE's linear probing does); it is still a linear classifier of h,
+    and it makes a few CPU epochs enough. `augment(uint8 batch, generator)` gives the float
+    views; build it with colour, grayscale and blur off.
+    """
+    device = torch.device(device)
+    num_classes = int(train_labels.max()) + 1
+    n = len(train_images)
+    batch_size = min(batch_size, n)
+    steps_per_epoch = n // batch_size  # the last partial batch is dropped, as in pretraining
+    total = epochs * steps_per_epoch
+    peak = base_lr * batch_size / 256
+    order_gen = torch.Generator().manual_seed(seed)
+    view_gen = torch.Generator(device).manual_seed(seed)
+    labels = train_labels.to(device)
+    with frozen(encoder):
+        feat_dim = extract_features(encoder, train_images[:2], 2, device).shape[1]
+        probe = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False),
+                              nn.Linear(feat_dim, num_classes)).to(device)
+        nn.init.zeros_(probe[1].weight)
+        nn.init.zeros_(probe[1].bias)
+        opt = torch.optim.SGD(probe.parameters(), lr=peak, momentum=0.9, nesterov=True,
+                              weight_decay=0.0)
+        step = 0
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=order_gen)
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch_size: (i + 1) * batch_size]
+                with torch.no_grad(), autocast_for(device):
+                    views = augment(train_images[idx].to(device), view_gen)  # (B, C, S, S)
+                    h = encoder(views).float()  # (B, feat_dim); no graph into the encoder
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, total, peak)
+                loss = F.cross_entropy(probe(h), labels[idx.to(device)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+        probe.eval()
+        test_h = extract_features(encoder, test_images, eval_batch_size, device)
+        with torch.no_grad():
+            logits = probe(test_h)
+    test_labels = test_labels.to(device)
+    return {"top1": topk_accuracy(logits, test_labels, 1),
+            "top5": topk_accuracy(logits, test_labels, 5), "epochs": epochs,
+            "batch_size": batch_size, "lr": peak, "steps": total}
 
 
 def evaluate_features(train_x, train_y, test_x, test_y, k: int = 200,
@@ -164,87 +330,55 @@ def evaluate_encoder(encoder: nn.Module, train, test, device, batch_size: int = 
                      k: int = 200, temperature: float = 0.1, size: int | None = None) -> dict:
     """Linear probe and kNN of a frozen encoder on labeled ImageSets (train fits, test scores)."""
     device = torch.device(device)
-    f_train = extract_features(encoder, train.images, batch_size, device, size)
-    f_test = extract_features(encoder, test.images, batch_size, device, size)
+    with frozen(encoder):
+        f_train = extract_features(encoder, train.images, batch_size, device, size)
+        f_test = extract_features(encoder, test.images, batch_size, device, size)
     return evaluate_features(f_train, train.labels, f_test, test.labels, k, temperature)
 
 
-def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
-    """A freshly initialised encoder of the same architecture and input normalisation."""
-    from fastclr.models import build_encoder
-    torch.manual_seed(seed)
-    fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind, encoder.mean.shape[1],
-                          encoder.mean.flatten().tolist(), encoder.std.flatten().tolist())
-    return fresh.to(encoder.mean.device)
+# ---- during pretraining ---------------------------------------------------------------------
 
 
-def standard_report(encoder: nn.Module, train, test, device, baselines: bool = True,
-                    batch_size: int = 512, k: int = 200, temperature: float = 0.1,
-                    seed: int = 0, size: int | None = None) -> dict:
-    """The main job's table: trained encoder, random-init encoder and raw pixels.
+class OnlineProbe(nn.Module):
+    """A linear classifier on stop-gradient h, trained alongside pretraining.
 
-    Top-1 values are fractions in [0, 1] of the test set; `size` is the training resolution
-    the encoders see (see extract_features).
+    The official SimCLR code trains such a head on h.detach() in the same step, so labels
+    never shape the encoder; its accuracy on the (augmented, train-mode) batches is a cheap
+    sign of learning between kNN evaluations, not a test metric. It has its own Adam
+    optimiser (h changes scale as the encoder trains; Adam does not care). `step` reads
+    nothing on the host; `read` does, once per log line.
     """
-    start = time.perf_counter()
-    trained = evaluate_encoder(encoder, train, test, device, batch_size, k, temperature, size)
-    report = {"linear_top1": trained["linear_top1"], "linear_top5": trained["linear_top5"],
-              "knn_top1": trained["knn_top1"], "feature_dim": int(encoder.feat_dim),
-              "eval_train_images": len(train), "eval_test_images": len(test)}
-    if baselines:
-        rand = evaluate_encoder(random_init_like(encoder, seed + 1), train, test, device,
-                                batch_size, k, temperature, size)
-        dev = torch.device(device)
-        pix = evaluate_features(pixel_features(train.images).to(dev), train.labels,
-                                pixel_features(test.images).to(dev), test.labels, k,
-                                temperature)
-        report.update({"random_init_linear_top1": rand["linear_top1"],
-                       "random_init_knn_top1": rand["knn_top1"],
-                       "pixels_linear_top1": pix["linear_top1"],
-                       "pixels_knn_top1": pix["knn_top1"]})
-    report["eval_seconds"] = time.perf_counter() - start
-    return report
+
+    def __init__(self, feat_dim: int, num_classes: int, lr: float = 1e-3):
+        super().__init__()
+        self.linear = nn.Linear(feat_dim, num_classes)
+        self.lr = lr
+        self.optimizer = None  # made on first use, after .to(device)
+        self.register_buffer("correct", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros(()))
+
+    def step(self, h: torch.Tensor, labels: torch.Tensor, skip: torch.Tensor | None = None):
+        """One update on h (n, feat_dim) of one view and its labels (n,); `skip` is a bool
+        tensor (the pretraining step was skipped: h may not be finite), read on the device."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.linear.parameters(), lr=self.lr)
+        h = h.detach().float()  # stop-gradient: the probe never trains the encoder
+        keep = torch.ones((), dtype=torch.bool, device=h.device) if skip is None else ~skip
+        h = torch.where(keep, h, 0.0)  # a NaN h would poison the gradient even with weight 0
+        logits = self.linear(h)  # (n, num_classes)
+        loss = F.cross_entropy(logits, labels) * keep.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.correct += ((logits.argmax(1) == labels) & keep).sum()
+            self.seen += keep.float() * len(labels)
+
+    def read(self) -> float:
+        """Top-1 on the batches seen since the last read (nan if none), then reset."""
+        correct, seen = torch.stack([self.correct, self.seen]).tolist()
+        self.correct.zero_()
+        self.seen.zero_()
+        return correct / seen if seen else float("nan")
 
 
-def format_report(report: dict) -> str:
-    """The short table the main job ends with."""
-    rows = [("trained encoder (h)", "linear_top1", "knn_top1"),
-            ("random-init encoder", "random_init_linear_top1", "random_init_knn_top1"),
-            ("raw pixels", "pixels_linear_top1", "pixels_knn_top1")]
-    lines = [f"{'':24}{'linear top-1':>14}{'kNN top-1':>12}"]
-    for label, lin, knn in rows:
-        if lin in report:
-            lines.append(f"{label:24}{100 * report[lin]:>13.2f}%{100 * report[knn]:>11.2f}%")
-    return "\n".join(lines)
-
-
-def evaluate_run(run_dir, cfg, device, baselines: bool = True) -> dict:
-    """Evaluate a run folder's exported encoder on its data set; writes report.json there."""
-    import json
-    from pathlib import Path
-
-    from fastclr.checkpoint import atomic_write, load_encoder
-    from fastclr.data import get_spec, load_split
-    from fastclr.errors import DataError
-
-    run_dir = Path(run_dir)
-    device = torch.device(device)
-    spec = get_spec(cfg.data)
-    if not spec.labeled:
-        raise DataError(f"{cfg.data} has no labels, so there is no linear probe or kNN score to "
-                        f"compute; the encoder is {run_dir / 'encoder.safetensors'}")
-    encoder = load_encoder(run_dir / "encoder.safetensors", device)
-    size = cfg.image_size  # None: the stored size, which training used too
-    train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download, size=size)
-    test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download, size=size)
-    report = {"data": cfg.data, "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs,
-              **standard_report(encoder, train, test, device, baselines, cfg.eval_batch_size,
-                                cfg.knn_k, cfg.knn_temperature, cfg.seed, size)}
-    try:
-        times = json.loads((run_dir / "train_time.json").read_text())
-        report["train_seconds"] = times["train_seconds"]
-    except (OSError, ValueError, KeyError):
-        pass
-    blob = json.dumps(report, indent=2).encode()
-    atomic_write(run_dir / "report.json", lambda f: f.write(blob))
-    return report

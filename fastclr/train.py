@@ -8,6 +8,7 @@ the device, and losses are read only every `log_every` steps.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import platform
@@ -31,7 +32,7 @@ from fastclr.config import Config, config_from_dict, save_config
 from fastclr.batches import InMemoryBatches, StreamingBatches
 from fastclr.data import Pretrain, get_spec, load_pretrain, load_split, pretrain_batches
 from fastclr.errors import CheckpointError, ConfigError
-from fastclr.evaluate import extract_features, knn_top1
+from fastclr.evaluate import OnlineProbe, extract_features, knn_top1
 from fastclr.loss import nt_xent
 from fastclr.models import SimCLR, channels_last_ok, model_from_config
 from fastclr.optim import build_optimizer, lr_at, peak_lr
@@ -141,9 +142,12 @@ class Run:
     guard: BufferGuard
     channels_last: bool
     views: torch.Tensor | None = None  # the augmentation's output buffer, reused
+    probe: OnlineProbe | None = None  # optional linear probe on stop-gradient h
 
-    def train_step(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'."""
+    def train_step(self, images: torch.Tensor, step: int, labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
+        `labels` (n,) of the images feed the online probe, if there is one."""
         cfg, device = self.cfg, self.ctx.device
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
@@ -156,7 +160,7 @@ class Run:
         x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
         self.views = x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            _, z = self.forward(x)  # (2n, proj_dim)
+            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
             n = len(images)
             loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
         bad = ~torch.isfinite(loss.detach())
@@ -167,6 +171,8 @@ class Run:
         self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.guard.restore_if(bad)
+        if self.probe is not None and labels is not None:
+            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
         return loss.detach(), bad
 
 
@@ -290,13 +296,17 @@ def check_compatible(saved: dict, cfg: Config, path: Path) -> None:
 
 
 class Monitor:
-    """kNN top-1 on a fixed labeled subset (the train split as bank, test split as queries)."""
+    """kNN top-1 on labeled training images: a bank and disjoint queries, both from the train
+    split, so the best checkpoint it picks was never chosen by the test set."""
 
     def __init__(self, cfg: Config, device: torch.device, bank_size=10_000, query_size=2_000):
         spec = get_spec(cfg.data)
         size = cfg.image_size  # features at the training resolution (folder sets decode at it)
-        self.bank = load_split(cfg.data, spec.train, cfg.data_dir, size=size, sample=bank_size)
-        self.query = load_split(cfg.data, spec.test, cfg.data_dir, size=size, sample=query_size)
+        images = load_split(cfg.data, spec.train, cfg.data_dir, size=size,
+                            sample=bank_size + query_size)
+        cut = len(images) * bank_size // (bank_size + query_size)
+        self.bank = images.subset(torch.arange(cut))
+        self.query = images.subset(torch.arange(cut, len(images)))
         self.cfg, self.device = cfg, device
 
     def __call__(self, encoder: nn.Module) -> float:
@@ -415,6 +425,17 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         log.info("resumed from %s at step %d", resume_from, step)
 
     spe = run.batches.steps_per_epoch
+    label_batches = None
+    if cfg.online_probe and ctx.is_main:
+        if pretrain.labels is None or pretrain.streamed:
+            log.warning("online_probe: %s has no labels for its pretraining images; no probe",
+                        cfg.data)
+        else:
+            classes = int(pretrain.labels.max()) + 1
+            run.probe = OnlineProbe(run.model.encoder.feat_dim, classes).to(ctx.device)
+            # same seed and length as run.batches, so label batch i goes with image batch i
+            label_batches = InMemoryBatches(pretrain.labels.to(ctx.device), cfg.batch_size,
+                                            cfg.seed, ctx.rank, ctx.world_size)
     last_step = run.total_steps if cfg.max_steps is None else min(run.total_steps, cfg.max_steps)
     labeled = get_spec(cfg.data).labeled
     if cfg.knn_every and not labeled:
@@ -457,8 +478,11 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
     run.forward.train()
     with StopSignals() as signals:
         while step < last_step:
-            for images in run.batches.epoch(step // spe, start=step % spe):
-                loss, bad = run.train_step(images, step)
+            epoch = step // spe
+            labels = label_batches.epoch(epoch, start=step % spe) \
+                if label_batches is not None else itertools.repeat(None)
+            for images, batch_labels in zip(run.batches.epoch(epoch, start=step % spe), labels):
+                loss, bad = run.train_step(images, step, batch_labels)
                 loss_sum += torch.where(bad, 0.0, loss)
                 good += (~bad).float()
                 skipped += bad.float()
@@ -482,8 +506,10 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                     mean_loss = loss_v / good_v if good_v else float("nan")
                     lr = run.optimizer.param_groups[0]["lr"]
                     if metrics is not None:
+                        probe = {"probe_top1": run.probe.read()} if run.probe is not None else {}
                         metrics.write(step, {"epoch": step / spe, "loss": mean_loss, "lr": lr,
-                                             "views_per_s": views, "skipped_steps": skipped_v})
+                                             "views_per_s": views, "skipped_steps": skipped_v,
+                                             **probe})
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
                                         views_s=f"{views:.0f}", refresh=False)
@@ -511,7 +537,8 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                 knn = monitor(run.model.encoder)
                 better = knn > best_knn
                 best_knn = max(best_knn, knn)
-                log.info("epoch %d: kNN top-1 %.2f%% (monitor: %d bank / %d query images)",
+                log.info("epoch %d: kNN top-1 %.2f%% (monitor: %d bank / %d held-out train "
+                         "images)",
                          step // spe, 100 * knn, len(monitor.bank), len(monitor.query))
                 metrics.write(step, {"epoch": step / spe, "knn_top1": knn})
                 save(step, best=better)
