@@ -63,7 +63,7 @@ def test_bool_flags_parse_false():
 
 def test_eval_of_a_non_run_folder(capsys, tmp_path):
     assert main(["eval", str(tmp_path)]) == 2
-    assert "not a finished fastclr run folder" in one_line(capsys.readouterr().err)
+    assert "is not a fastclr run folder" in one_line(capsys.readouterr().err)
 
 
 def test_help_explains_every_option():

@@ -479,7 +479,7 @@ def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys
 
 
 def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
-    from fastclr.evaluate import evaluate_run
+    from fastclr.report import evaluate_run
     from fastclr.train import train
 
     cfg = tiny_config(tmp_path / "run", data="cifar10", data_dir=str(cifar_dir), image_size=16,
@@ -487,7 +487,7 @@ def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
     run = train(cfg, progress=False)
     info = json.loads((run / "run.json").read_text())["data"]
     assert info["images"] == 20 and info["shape"] == [3, 32, 32] and info["held"] == "in memory"
-    report = evaluate_run(run, cfg, "cpu", baselines=False)
+    report = evaluate_run(run, "cpu", ("linear", "knn"))
     assert report["eval_test_images"] == 20 and 0.0 <= report["knn_top1"] <= 1.0
 
 

@@ -270,8 +270,10 @@ def test_online_probe_leaves_the_pretraining_step_unchanged(fashion):
     ctx = Context(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     labels = next(InMemoryBatches(fashion.labels, 32, cfg.seed).epoch(0))
     digests = []
+    from fastclr.data import Pretrain
+
     for with_probe in (False, True):
-        run = build_run(cfg, ctx, fashion)
+        run = build_run(cfg, ctx, Pretrain.from_images(fashion.images))
         images = next(run.batches.epoch(0))
         if with_probe:
             run.probe = OnlineProbe(run.model.encoder.feat_dim, 10)
@@ -344,9 +346,9 @@ def test_embed_cli_from_an_exported_encoder(small_fashion_dir, tmp_path, capsys)
     assert "folder" in capsys.readouterr().err
 
 
-def test_embedding_parts_refuses_a_split_of_a_folder():
-    with pytest.raises(DataError, match="no split"):
-        embedding_parts("folder:/nowhere", "train")
+def test_embedding_parts_refuses_a_split_of_a_folder(tmp_path):
+    with pytest.raises(DataError, match="no split 'test'"):
+        embedding_parts(f"folder:{tmp_path}", "test")
 
 
 # ---- loading weights, protocols, report --------------------------------------------------------
