@@ -194,14 +194,11 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
-                  max_iter: int, init: nn.Linear | None = None) -> nn.Linear:
+                  max_iter: int) -> nn.Linear:
     """Full-batch L-BFGS on mean cross-entropy + weight_decay/2 * ||W||^2."""
     clf = nn.Linear(x.shape[1], num_classes).to(x.device)
-    if init is not None:
-        clf.load_state_dict(init.state_dict())
-    else:
-        nn.init.zeros_(clf.weight)
-        nn.init.zeros_(clf.bias)
+    nn.init.zeros_(clf.weight)
+    nn.init.zeros_(clf.bias)
     opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
                             tolerance_grad=1e-6, tolerance_change=1e-9,
                             line_search_fn="strong_wolfe")

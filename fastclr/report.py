@@ -55,10 +55,13 @@ def parse_protocols(text: str | None) -> tuple[str, ...]:
 
 
 def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
-    """A freshly initialised encoder of the same architecture and input normalisation."""
-    torch.manual_seed(seed)
-    fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind, encoder.mean.shape[1],
-                          encoder.mean.flatten().tolist(), encoder.std.flatten().tolist())
+    """A freshly initialised encoder of the same architecture and input normalisation
+    (drawn from `seed`, leaving the global random state as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind,
+                              encoder.mean.shape[1], encoder.mean.flatten().tolist(),
+                              encoder.std.flatten().tolist())
     return fresh.to(encoder.mean.device)
 
 
