@@ -9,11 +9,8 @@ the device, and losses are read only every `log_every` steps.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,27 +22,21 @@ import torch.nn as nn
 
 from fastclr import distributed
 from fastclr.augment import SimCLRAugment
-from fastclr.checkpoint import (atomic_write, checkpoint_path, export_encoder,
-                                latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                remove_stale_temp, save_checkpoint)
-from fastclr.config import Config, config_from_dict, save_config
 from fastclr.batches import InMemoryBatches, StreamingBatches
+from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
+                                load_checkpoint, prune_checkpoints, remove_stale_temp,
+                                save_checkpoint)
+from fastclr.config import Config
 from fastclr.data import Pretrain, get_spec, load_pretrain, load_split, pretrain_batches
-from fastclr.errors import CheckpointError, ConfigError
+from fastclr.errors import CheckpointError
 from fastclr.evaluate import OnlineProbe, extract_features, knn_top1
 from fastclr.loss import nt_xent
 from fastclr.models import SimCLR, channels_last_ok, model_from_config
 from fastclr.optim import build_optimizer, lr_at, peak_lr
+from fastclr.runfolder import (MetricsLog, check_compatible, default_run_dir, find_resume,
+                               log_skipped, record_train_time, setup_logging, write_run_info)
 
 log = logging.getLogger("fastclr")
-
-# options that shape the model or the data: a checkpoint made with others cannot be resumed
-STRUCTURAL = ("data", "image_size", "arch", "width", "stem", "head", "head_layers",
-              "head_hidden", "proj_dim", "optimizer")
-
-
-def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / cfg.name
 
 
 def augment_from_config(cfg: Config) -> SimCLRAugment:
@@ -205,53 +196,13 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
                channels_last)
 
 
-# ---- run folder, checkpoints ----------------------------------------------------------------
-
-
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        rev = out.stdout.strip()
-        if out.returncode or not rev:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent,
-                               timeout=5).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _write_run_info(run_dir: Path, cfg: Config, ctx: distributed.Context, pretrain: Pretrain):
-    from fastclr import __version__
-    save_config(cfg, run_dir / "config.yaml")
-    info = {"fastclr": __version__, "git_revision": _git_revision(), "torch": torch.__version__,
-            "python": platform.python_version(), "host": platform.node(),
-            "command": sys.argv, "world_size": ctx.world_size, "device": str(ctx.device),
-            "data": {"name": cfg.data, "source": pretrain.source, "images": len(pretrain),
-                     "shape": list(pretrain.shape),
-                     "held": "streamed" if pretrain.streamed else "in memory",
-                     "sha256": pretrain.fingerprint,  # over sorted relative paths and sizes
-                     "skipped": len(pretrain.skipped),
-                     "skipped_files": [f"{p} ({why})" for p, why in pretrain.skipped[:1000]]},
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-
-
-def _log_skipped(pretrain: Pretrain, named: int = 50) -> None:
-    """Name the files the data set index could not read, once, in the run log."""
-    if not pretrain.skipped:
-        return
-    log.warning("%s: skipped %d unreadable files in %s (listed in run.json):", pretrain.name,
-                len(pretrain.skipped), pretrain.source)
-    for path, why in pretrain.skipped[:named]:
-        log.warning("  skipped %s (%s)", path, why)
-    if len(pretrain.skipped) > named:
-        log.warning("  ... and %d more", len(pretrain.skipped) - named)
+# ---- checkpoints ----------------------------------------------------------------------------
 
 
 def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
+    """Everything an exact resume needs. The data order and the views are functions of (seed,
+    epoch) and (seed, step, rank), so they need no saved generator; the global RNG is saved
+    for anything else that draws from it."""
     return {"step": step, "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
             "torch_rng": torch.get_rng_state(), **extra}
@@ -260,36 +211,6 @@ def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
 def all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
                if t.is_floating_point())
-
-
-def find_resume(cfg: Config, run_dir: Path) -> Path | None:
-    if cfg.resume == "never":
-        found = latest_checkpoint(run_dir)
-        if found is not None:
-            raise CheckpointError(f"{run_dir} already holds checkpoint {found}; choose another "
-                                  "--run-dir or --resume auto")
-        return None
-    if cfg.resume == "auto":
-        return latest_checkpoint(run_dir)
-    return Path(cfg.resume)
-
-
-def check_compatible(saved: dict, cfg: Config, path: Path) -> None:
-    """Refuse a checkpoint whose model or data differ; report other changed options."""
-    try:
-        old = config_from_dict(saved)
-    except ConfigError as e:
-        raise CheckpointError(f"{path} holds a config this fastclr cannot read ({e})") from None
-    clash = [k for k in STRUCTURAL if getattr(old, k) != getattr(cfg, k)]
-    if clash:
-        diffs = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in clash)
-        raise CheckpointError(f"cannot resume {path}: it was made with other options ({diffs}); "
-                              "use another --run-dir or the original options")
-    changed = [k for k in old.to_dict() if k not in STRUCTURAL and k not in ("name", "resume")
-               and getattr(old, k) != getattr(cfg, k)]
-    if changed:
-        log.warning("resuming with changed options: %s", ", ".join(
-            f"{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed))
 
 
 # ---- monitoring -----------------------------------------------------------------------------
@@ -317,70 +238,17 @@ class Monitor:
                         self.cfg.knn_temperature)
 
 
-class MetricsLog:
-    """metrics.jsonl (one JSON object a line) and TensorBoard. On resume at step s, lines of
-    steps after s (logged by the interrupted session, about to be redone) are dropped."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int = 0):
-        self.path = run_dir / "metrics.jsonl"
-        if resume_step and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if _line_step(line) <= resume_step]
-            blob = "".join(kept).encode()
-            atomic_write(self.path, lambda f: f.write(blob))
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"),
-                                        purge_step=resume_step or None)
-            except ImportError:
-                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-
-    def write(self, step: int, values: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _line_step(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")  # a torn last line from a killed process: drop it
-
-
 # ---- the loop -------------------------------------------------------------------------------
-
-
-def setup_logging(run_dir: Path | None, is_main: bool) -> None:
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(console)
-    if run_dir is not None and is_main:
-        file = logging.FileHandler(run_dir / "train.log")
-        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(file)
 
 
 def train(cfg: Config, progress: bool = True) -> Path:
     """Pretrain as `cfg` says; returns the run folder (checkpoints, metrics, encoder, report)."""
     ctx = distributed.setup(cfg.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, ctx, progress)
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # a global switch: put it back
         distributed.teardown()
 
 
@@ -407,21 +275,23 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp(run_dir / "checkpoints")
-            _write_run_info(run_dir, cfg, ctx, pretrain)
+            write_run_info(run_dir, cfg, ctx, pretrain)
         except OSError as e:
             raise CheckpointError(f"cannot write to the run folder {run_dir}: "
                                   f"{e.strerror or e}") from None
     distributed.barrier()
     setup_logging(run_dir, ctx.is_main)
     if ctx.is_main:
-        _log_skipped(pretrain)
+        log_skipped(pretrain)
 
     run = build_run(cfg, ctx, pretrain)
-    step, best_knn = 0, -1.0
+    step, best_knn, seconds_before = 0, -1.0, 0.0  # seconds: pretraining up to the checkpoint
     if saved is not None:
         run.model.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
         step, best_knn = saved["step"], saved.get("best_knn", -1.0)
+        seconds_before = saved.get("train_seconds", 0.0)
+        torch.set_rng_state(saved["torch_rng"].cpu())
         log.info("resumed from %s at step %d", resume_from, step)
 
     spe = run.batches.steps_per_epoch
@@ -449,6 +319,7 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
              cfg.width, cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
              cfg.optimizer, ctx.world_size)
 
+    loop_start = tick = time.perf_counter()
     bar = None
     if progress and ctx.is_main and step < last_step:
         from tqdm import tqdm
@@ -461,7 +332,8 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
         if not all_finite(run.model):
             raise CheckpointError(f"step {at}: the model holds non-finite values; not writing a "
                                   "checkpoint (the last good one stays)")
-        state = checkpoint_state(run, at, {"best_knn": best_knn})
+        seconds = seconds_before + time.perf_counter() - loop_start
+        state = checkpoint_state(run, at, {"best_knn": best_knn, "train_seconds": seconds})
         save_checkpoint(checkpoint_path(run_dir, at), state)
         if best:
             save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
@@ -473,7 +345,6 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
     skipped = torch.zeros((), device=device)  # every process skips the same steps
     bad_run = torch.zeros((), device=device)  # current streak of non-finite steps
     worst_run = torch.zeros((), device=device)
-    loop_start = tick = time.perf_counter()
     tick_step = step
     run.forward.train()
     with StopSignals() as signals:
@@ -554,27 +425,15 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                 "std": run.model.encoder.std.flatten().tolist(),
                 "feat_dim": run.model.encoder.feat_dim, "data": cfg.data, "step": step}
         export_encoder(run.model.encoder, run_dir / "encoder.safetensors", meta)
-        _record_train_time(run_dir, time.perf_counter() - loop_start)
+        seconds = seconds_before + time.perf_counter() - loop_start
+        record_train_time(run_dir, seconds)
         if metrics is not None:
             metrics.close()
         log.info("pretraining done: %d steps, %.1f s of training; encoder saved to %s", step,
-                 _read_train_time(run_dir), run_dir / "encoder.safetensors")
+                 seconds, run_dir / "encoder.safetensors")
         if run.batches.failures:
             log.warning("%d times an image failed to decode and another took its place (the "
                         "files are named above)", run.batches.failures)
     return run_dir
 
-
-def _record_train_time(run_dir: Path, seconds: float) -> None:
-    """Training seconds accumulate across resumed sessions in run_dir/train_time.json."""
-    path = run_dir / "train_time.json"
-    total = _read_train_time(run_dir) + seconds
-    path.write_text(json.dumps({"train_seconds": total}))
-
-
-def _read_train_time(run_dir: Path) -> float:
-    try:
-        return float(json.loads((run_dir / "train_time.json").read_text())["train_seconds"])
-    except (OSError, ValueError, KeyError):
-        return 0.0
 
