@@ -93,8 +93,9 @@ def find_resume(cfg: Config, run_dir: Path) -> Path | None:
     return Path(cfg.resume)
 
 
-def check_compatible(saved: dict, cfg: Config, path: Path) -> None:
-    """Refuse a checkpoint whose model or data differ; report other changed options."""
+def check_compatible(saved: dict, cfg: Config, path: Path) -> list[str]:
+    """Refuse a checkpoint whose model or data differ; return the other changed options, as
+    "name old -> new" lines."""
     try:
         old = config_from_dict(saved)
     except ConfigError as e:
@@ -106,9 +107,7 @@ def check_compatible(saved: dict, cfg: Config, path: Path) -> None:
                               "use another --run-dir or the original options")
     changed = [k for k in old.to_dict() if k not in STRUCTURAL and k not in ("name", "resume")
                and getattr(old, k) != getattr(cfg, k)]
-    if changed:
-        log.warning("resuming with changed options: %s", ", ".join(
-            f"{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed))
+    return [f"{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed]
 
 
 class MetricsLog:

@@ -265,10 +265,10 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     resume_from = find_resume(cfg, run_dir)
-    saved = None
+    saved, changed = None, []
     if resume_from is not None:
         saved = load_checkpoint(resume_from, map_location=ctx.device)
-        check_compatible(saved["config"], cfg, resume_from)
+        changed = check_compatible(saved["config"], cfg, resume_from)
 
     pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
     if ctx.is_main:
@@ -281,6 +281,8 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
                                   f"{e.strerror or e}") from None
     distributed.barrier()
     setup_logging(run_dir, ctx.is_main)
+    if changed:
+        log.info("resuming with changed options: %s", ", ".join(changed))
     if ctx.is_main:
         log_skipped(pretrain)
 

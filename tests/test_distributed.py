@@ -126,5 +126,8 @@ def test_torchrun_trains_then_resumes(tmp_path):
                             env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resumed from" in second.stdout and "at step 2" in second.stdout
+    # rank 0 alone speaks: each message once, not once per process
+    assert second.stdout.count("resumed from") == 1
+    assert second.stdout.count("resuming with changed options") == 1
     assert "world size 2" in second.stdout
     assert (run_dir / "checkpoints" / "ckpt-00000004.pt").is_file()

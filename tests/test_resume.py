@@ -25,6 +25,9 @@ def test_resume_gives_the_same_next_loss(tmp_path):
     wb = load_checkpoint(latest_checkpoint(resumed))["model"]
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the second session says once, in the run's log, which options it changed
+    log = (resumed / "train.log").read_text()
+    assert log.count("resuming with changed options: max_steps 2 -> 3") == 1
 
 
 def test_run_folder_records_config_and_revision(tmp_path):
