@@ -7,6 +7,7 @@ import gzip
 import string
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,3 +107,87 @@ def test_idx_reader_on_near_valid_files(tmp_path_factory, ndim, dims, extra):
     else:
         with pytest.raises(DataError):
             read_idx(path)
+
+
+def _cifar_batch_bytes(n: int) -> bytes:
+    import pickle
+
+    import numpy as np
+    data = np.arange(n * 3072, dtype=np.int64).astype(np.uint8).reshape(n, 3072)
+    return pickle.dumps({b"data": data, b"labels": list(range(n))}, protocol=2)
+
+
+@CASES
+@given(st.one_of(st.binary(max_size=400),
+                 st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=8),
+                           st.booleans())))
+def test_cifar_reader_on_random_and_damaged_pickles(tmp_path_factory, case):
+    """Random bytes, or a real CIFAR batch with bytes overwritten or cut: a CIFAR batch or a
+    DataError, never another exception (and never code run by the unpickler)."""
+    from fastclr.formats import read_cifar
+
+    if isinstance(case, bytes):
+        blob = case
+    else:
+        at, patch, cut = case
+        good = _cifar_batch_bytes(2)
+        at %= len(good)
+        blob = good[:at] if cut else good[:at] + patch + good[at + len(patch):]
+    root = tmp_path_factory.mktemp("cifar")
+    (root / "data_batch_1").write_bytes(blob)
+    try:
+        images, labels = read_cifar(root, ["data_batch_1"], b"labels")
+    except DataError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+    assert len(labels) == len(images)
+
+
+@CASES
+@given(st.integers(0, 3 * 3 * 96 * 96))
+def test_stl10_reader_on_any_length(tmp_path_factory, size):
+    from fastclr.formats import read_stl10_images
+
+    path = tmp_path_factory.mktemp("stl") / "train_X.bin"
+    path.write_bytes(bytes(size))
+    per_image = 3 * 96 * 96
+    if size and size % per_image == 0:
+        assert tuple(read_stl10_images(path).shape) == (size // per_image, 3, 96, 96)
+    else:
+        with pytest.raises(DataError):
+            read_stl10_images(path)
+
+
+def _image_bytes(fmt: str) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    pixels = np.arange(20 * 24 * 3, dtype=np.int64).astype(np.uint8).reshape(20, 24, 3)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+@CASES
+@given(st.sampled_from(["PNG", "JPEG", "BMP", "WEBP"]), st.integers(0, 10**6),
+       st.binary(min_size=1, max_size=8), st.booleans())
+def test_image_decoding_on_damaged_files(tmp_path_factory, fmt, at, patch, cut):
+    """A real image file with bytes overwritten or cut off: decoded, or listed as a failure
+    with its reason; the batch decode itself never raises."""
+    from fastclr.images import check_header, decode_many
+
+    good = _image_bytes(fmt)
+    at %= len(good)
+    blob = good[:at] if cut else good[:at] + patch + good[at + len(patch):]
+    path = tmp_path_factory.mktemp("img") / f"x.{fmt.lower()}"
+    path.write_bytes(blob)
+    reason = check_header(path)
+    assert reason is None or (isinstance(reason, str) and reason)
+    images, kept, failures = decode_many([path], 16, threads=1)
+    assert len(images) + len(failures) == 1 and int(kept.sum()) == len(images)
+    if images.numel():
+        assert images.dtype == torch.uint8 and tuple(images.shape) == (1, 3, 16, 16)
+    else:
+        assert failures[0][0] == str(path) and failures[0][1]
