@@ -15,10 +15,15 @@ DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 install: $(STAMP)
 
+# pip -qq: errors only (a machine's pip config can add a warning per package, e.g. for
+# missing find-links folders); --no-compile: no .pyc pass over torch at install time
+PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check --no-compile
+
 $(STAMP): pyproject.toml requirements.txt
+	@echo "setting up $(VENV): the pinned environment of requirements.txt, then fastclr"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when we can install it; otherwise fastclr looks in

@@ -213,11 +213,16 @@ RUNNERS = {"linear": _linear, "knn": _knn, "baselines": _baselines,
            "finetune": _finetune}
 
 
-def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
-    spec = get_spec(cfg.data)
-    if not spec.labeled:
+def require_labels(cfg) -> None:
+    """Refuse, before any work or any file, a data set without labels."""
+    if not get_spec(cfg.data).labeled:
         raise DataError(f"{cfg.data} has no labels, so it cannot be evaluated; use "
                         "`fastclr embed` to export its features")
+
+
+def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
+    require_labels(cfg)
+    spec = get_spec(cfg.data)
     size = cfg.image_size  # folder sets decode at the training resolution
     train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download, size=size)
     test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download, size=size)
@@ -247,10 +252,10 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
     run one at a time; a report of another step is replaced.
     """
     device = torch.device(device)
-    out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = weights.cfg
     train, test = _labeled_splits(cfg)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
     channels = weights.encoder.mean.shape[1]
     if train.images.shape[1] != channels:
         raise DataError(f"{cfg.data} has {train.images.shape[1]}-channel images; the encoder "

@@ -474,8 +474,10 @@ def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys
     assert data["images"] == 14 and data["shape"] == [3, 16, 16] and data["held"] == "streamed"
     assert data["sha256"] == index_folder(stream_dir).fingerprint and data["skipped"] == 0
     rc = main(["eval", str(run_dir)])
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "has no labels" in err[0]
+    assert captured.out == ""  # refused before announcing any work
 
 
 def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
