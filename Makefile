@@ -19,11 +19,16 @@ install: $(STAMP)
 # missing find-links folders); --no-compile: no .pyc pass over torch at install time
 PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check --no-compile
 
-$(STAMP): pyproject.toml requirements.txt
+# fastclr builds one C file (its CPU augmentation kernel) when a C compiler and Python's
+# headers are there; without them it installs anyway and says so.
+$(STAMP): pyproject.toml requirements.txt setup.py fastclr/_augment_cpu.c
 	@echo "setting up $(VENV): the pinned environment of requirements.txt, then fastclr"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps --no-build-isolation -e .
+	@$(BIN)/python -c "import fastclr.augment as A; A.NATIVE or print('note: the C kernel of \
+	fastclr.augment was not built (install gcc and the Python headers, e.g. apt-get install \
+	gcc python3-dev, then make clean install); CPU augmentation will be several times slower')"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when we can install it; otherwise fastclr looks in

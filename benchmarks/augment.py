@@ -13,6 +13,8 @@ Inputs are random uint8 images: every op here costs the same whatever the pixel 
 (a) writes into one output tensor reused across calls (`out=`, as a training loop can do;
 --fresh-out allocates one per call instead). The two are timed in alternating slices.
 A "view" is one augmented image; ratio = views/s of (a) / views/s of (b).
+On the CPU (a) runs fastclr's C kernel when it was built (the default path; `kernel` in the
+output says which ran); --tensor-ops measures its pure PyTorch path instead (the one CUDA uses).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from fastclr import augment  # noqa: E402
 from fastclr.augment import SimCLRAugment  # noqa: E402
 
 
@@ -44,7 +47,7 @@ def reference_pipeline(size: int):
 
 
 def measure(size: int, channels: int, batch: int, reference_images: int, device: str,
-            reuse_out: bool) -> dict[str, float]:
+            reuse_out: bool, native: bool | None) -> dict[str, float]:
     """Views/s of both pipelines, timed in alternating slices of similar length.
 
     Other jobs on a shared machine change the speed of both pipelines over seconds;
@@ -60,7 +63,7 @@ def measure(size: int, channels: int, batch: int, reference_images: int, device:
     reference = reference_pipeline(size)
     images = torch.from_numpy(rng.integers(0, 256, (batch, channels, size, size),
                                            dtype=np.uint8)).to(dev)
-    aug = SimCLRAugment.small_images()
+    aug = SimCLRAugment.small_images(native=native)
     gen = torch.Generator(device=dev).manual_seed(0)
     out = torch.empty(2 * batch, channels, size, size, device=dev) if reuse_out else None
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -110,16 +113,23 @@ def main(argv: list[str] | None = None) -> int:
                         "batched pipeline runs as many calls, interleaved (at least 3)")
     parser.add_argument("--fresh-out", action="store_true",
                         help="allocate a new output tensor every call instead of reusing one")
+    parser.add_argument("--tensor-ops", action="store_true",
+                        help="on the CPU, time fastclr's PyTorch tensor ops, not its C kernel")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    native = False if args.tensor_ops else None
+    if args.device == "cpu":
+        kernel = "C" if augment.NATIVE is not None and not args.tensor_ops else "tensor-ops"
+    else:
+        kernel = "tensor-ops"
     sizes = args.sizes or ([32, 96, 28] if args.device == "cpu" else [32, 96, 224, 28])
-    result: dict = {"threads": args.threads, "device": args.device,
+    result: dict = {"threads": args.threads, "device": args.device, "kernel": kernel,
                     "batch": args.batch, "reuse_out": not args.fresh_out}
     for size in sizes:
         channels = 1 if size == 28 else 3
         m = measure(size, channels, args.batch, args.reference_images, args.device,
-                    reuse_out=not args.fresh_out)
+                    reuse_out=not args.fresh_out, native=native)
         result[f"views_per_s_{size}"] = round(m["ours"], 1)
         result[f"reference_views_per_s_{size}"] = round(m["theirs"], 1)
         result[f"ratio_{size}"] = round(m["ours"] / m["theirs"], 2)
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"threads={args.threads} device={args.device} batch={args.batch} "
+    print(f"threads={args.threads} device={args.device} kernel={kernel} batch={args.batch} "
           f"output={'reused' if not args.fresh_out else 'fresh'}")
     cpu = args.device == "cpu"
     print(f"{'size':>8} {'fastclr views/s':>16} {'torchvision views/s':>20} {'ratio':>7}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from fastclr import augment as augment_module
 from fastclr import distributed
 from fastclr.augment import SimCLRAugment
 from fastclr.batches import InMemoryBatches, StreamingBatches
@@ -320,6 +321,9 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
              cfg.name, ctx.device, len(pretrain), tuple(pretrain.shape), held, cfg.arch,
              cfg.width, cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
              cfg.optimizer, ctx.world_size)
+    if ctx.device.type == "cpu" and augment_module.NATIVE is None:
+        log.info("augmentation runs on PyTorch tensor ops: fastclr's C kernel was not built "
+                 "(no C compiler at install time?), so CPU augmentation is several times slower")
 
     loop_start = tick = time.perf_counter()
     bar = None

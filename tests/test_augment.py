@@ -168,17 +168,105 @@ def reference_view(image: torch.Tensor, p: A.AugmentParams, i: int) -> torch.Ten
                  crop_scale=(0.08, 1.0))),
     (1, 28, dict(color_strength=1.0)),
 ])
-def test_pipeline_matches_torchvision_per_image(channels, in_size, options, monkeypatch):
+@pytest.mark.parametrize("native", [True, False], ids=["C-kernel", "tensor-ops"])
+def test_pipeline_matches_torchvision_per_image(channels, in_size, options, native,
+                                                monkeypatch):
+    if native and A.NATIVE is None:
+        pytest.skip("the C kernel was not built")
     # small chunks, so that views of one call cross chunk and view boundaries
     monkeypatch.setattr(A, "CPU_CHUNK_BYTES", 4 * channels * 32 * 32 * 5)
     images = real_images(12, in_size, channels)
     p = A.sample_params(gen(3), 24, in_size, in_size, channels, **options)   # 2 views each
-    views = A.apply(images, p)
+    views = A.apply(images, p, native=native)
     size = options.get("size", in_size)
     assert views.shape == (24, channels, size, size)
     for i in range(24):
         ref = reference_view(images[i % 12], p, i)
         torch.testing.assert_close(views[i], ref, rtol=0, atol=PIPELINE_TOL)
+
+
+# ---- the C kernel (CPU) against the tensor ops (both devices) --------------------------------
+
+needs_native = pytest.mark.skipif(A.NATIVE is None, reason="the C kernel was not built")
+
+
+def test_c_kernel_is_built_where_a_compiler_is():
+    # an install with a C compiler must not fall back to the slow path without notice
+    import shutil
+    import sysconfig
+    has_compiler = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is not None
+    if not has_compiler:
+        pytest.skip("no C compiler here, so no kernel is expected")
+    assert A.NATIVE is not None, "pip install -e . did not build fastclr/_augment_cpu.c"
+
+
+@needs_native
+@pytest.mark.parametrize("channels,in_hw,options", [
+    (3, (32, 32), dict(color_strength=0.5)),
+    (3, (64, 48), dict(size=24, color_strength=1.0, crop_scale=(0.08, 1.0))),   # antialiased
+    (3, (20, 30), dict(size=40, color_strength=2.5, gray_p=0.5)),               # upsampled
+    (3, (40, 40), dict(size=32, blur_p=0.5, solarize_p=0.5, color_p=1.0)),
+    (3, (32, 32), dict(color_p=0.0, gray_p=0.0)),                                # crop only
+    (1, (28, 28), dict(color_strength=1.0)),
+    (1, (50, 36), dict(size=17)),
+])
+def test_c_kernel_matches_tensor_ops(channels, in_hw, options):
+    H, W = in_hw
+    images = real_images(10, max(H, W), channels)[..., :H, :W]       # not contiguous
+    p = A.sample_params(gen(20), 30, H, W, channels, **options)     # three views each
+    ours = A.apply(images, p, native=True)
+    ref = A.apply(images, p, native=False)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=TOL)
+    # any output layout: channels_last, and a strided slice of a bigger buffer
+    cl = A.apply(images, p, native=True, memory_format=torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, ours, rtol=0, atol=0)
+    S = p.size
+    big = torch.full((30, channels, S, 2 * S), -1.0)
+    A.apply(images, p, native=True, out=big[..., ::2])
+    torch.testing.assert_close(big[..., ::2], ours, rtol=0, atol=0)
+    assert (big[..., 1::2] == -1).all()                                # nothing else written
+
+
+@needs_native
+def test_c_kernel_hue_ties_and_grey_pixels():
+    # exact ties between channels take torchvision's formula in the kernel too
+    levels = torch.tensor([0, 64, 128, 255], dtype=torch.uint8)
+    rgb = torch.cartesian_prod(levels, levels, levels).T.reshape(1, 3, 8, 8)
+    images = rgb.expand(9, 3, 8, 8).contiguous()
+    p = A.sample_params(gen(21), 9, 8, 8, 3, color_strength=1.0, color_p=1.0, gray_p=0.0,
+                        flip_p=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    p = A.AugmentParams(**{**vars(p), "brightness": torch.ones(9), "contrast": torch.ones(9),
+                           "saturation": torch.ones(9), "hue": torch.linspace(-0.5, 0.5, 9)})
+    views = A.apply(images, p, native=True)
+    for i in range(9):
+        ref = TF.adjust_hue(as_float(images[i]), float(p.hue[i]))
+        torch.testing.assert_close(views[i], ref, rtol=0, atol=TOL)
+
+
+@needs_native
+def test_c_kernel_threads_give_identical_views():
+    images = real_images(64, 32)
+    p = A.sample_params(gen(22), 128, 32, 32, 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = A.apply(images, p, native=True)
+        torch.set_num_threads(3)               # 128 views: three threads of 42-43 views
+        three = A.apply(images, p, native=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+@needs_native
+def test_c_kernel_refuses_boxes_outside_the_image():
+    # (shrinking: the taps follow the box; bilinear taps are clamped into the image anyway)
+    images = real_images(4, 16)
+    p = A.sample_params(gen(23), 4, 16, 16, 3, size=8)
+    bad = A.AugmentParams(**{**vars(p), "top": p.top + 16})
+    with pytest.raises(ValueError, match="outside the images"):
+        A.apply(images, bad, native=True)
 
 
 # ---- parameters: bounds and rates ------------------------------------------------------------
