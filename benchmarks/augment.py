@@ -119,10 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     native = False if args.tensor_ops else None
-    if args.device == "cpu":
-        kernel = "C" if augment.NATIVE is not None and not args.tensor_ops else "tensor-ops"
-    else:
-        kernel = "tensor-ops"
+    native_ran = args.device == "cpu" and augment.NATIVE is not None and not args.tensor_ops
+    kernel = "C" if native_ran else "tensor-ops"
     sizes = args.sizes or ([32, 96, 28] if args.device == "cpu" else [32, 96, 224, 28])
     result: dict = {"threads": args.threads, "device": args.device, "kernel": kernel,
                     "batch": args.batch, "reuse_out": not args.fresh_out}

@@ -264,12 +264,6 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     elif out.shape != (n_views, C, S, S) or out.dtype != torch.float32 or out.device != dev:
         raise ValueError(f"out must be float32 {(n_views, C, S, S)} on {dev}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
-    per_image = 4 * C * max(S * S, S * W)
-    if dev.type == "cpu":
-        ws = workspace if workspace is not None else Workspace()
-        chunk = max(1, min(N, CPU_CHUNK_BYTES // per_image))
-    else:   # the caching allocator already reuses memory
-        ws, chunk = Workspace(), max(1, min(N, GPU_CHUNK_BYTES // per_image))
     # Everything per view that does not touch pixels, for all views at once: the 1-D taps
     # (n_views, S, k) of the y and x resampling (row within the image, weight) and colour.
     y_index, y_weight = _taps(params.top, params.height, H, S, None)
@@ -282,6 +276,13 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     if native and dev.type == "cpu":
         _apply_native(images, params, H, W, y_index, y_weight, x_index, x_weight, out)
         return out
+    # the tensor ops: chunks of views small enough to keep their buffers in cache on CPU
+    per_image = 4 * C * max(S * S, S * W)
+    if dev.type == "cpu":
+        ws = workspace if workspace is not None else Workspace()
+        chunk = max(1, min(N, CPU_CHUNK_BYTES // per_image))
+    else:   # the caching allocator already reuses memory
+        ws, chunk = Workspace(), max(1, min(N, GPU_CHUNK_BYTES // per_image))
     colour = _colour_coefficients(params, C)
     # first row of each (view slot, channel) plane in a chunk's buffers: (chunk, C, 1)
     plane = torch.arange(chunk * C, device=dev).view(chunk, C, 1)
