@@ -89,7 +89,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     PyTorch's SyncBatchNorm needs CUDA kernels (aten::batch_norm_stats has none for CPU) and
     DDP refuses it on CPU modules. This computes the same statistics over the global batch with
-    PyTorch's differentiable functional all_reduce (two passes: mean, then centred squares),
+    torch.distributed.nn's differentiable all_reduce (two passes: mean, then centred squares),
     so gradients flow through the statistics of every process, as SimCLR's global BN needs
     (section 2.2). In eval mode, or with one process, it is plain batch norm.
     """
@@ -102,10 +102,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if not self.training or world == 1:
             return super().forward(x)
-        import torch.distributed._functional_collectives as funcol
-
-        def all_reduce(t):  # its backward all-reduces the gradients
-            return funcol.all_reduce(t, "sum", dist.group.WORLD)
+        from torch.distributed.nn.functional import all_reduce  # backward: all-reduces grads
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)

@@ -17,14 +17,16 @@ import torch.nn.functional as F
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from every process along dim 0, keeping the autograd graph.
 
-    PyTorch's functional all_gather sums the incoming gradients across processes in its
+    torch.distributed.nn's all_gather sums the incoming gradients across processes in its
     backward (a reduce-scatter), which is what makes each process's loss reach the views that
-    other processes computed. A plain dist.all_gather would cut those gradients.
+    other processes computed. A plain dist.all_gather would cut those gradients. (Public API
+    since torch 1.8, on NCCL and gloo alike; the private functional collectives differ between
+    releases.)
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    import torch.distributed._functional_collectives as funcol
-    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(x.contiguous()))
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,

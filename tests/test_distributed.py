@@ -115,7 +115,7 @@ def test_torchrun_trains_then_resumes(tmp_path):
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
             "--master-port", str(_free_port()), "-m", "fastclr", "train", "--data-dir",
             str(SAMPLE), "--width", "0.125", "--stem", "small-s2", "--batch-size", "32",
-            "--epochs", "1", "--run-dir", str(run_dir), "--log-every", "1", "--threads", "1",
+            "--epochs", "1", "--device", "cpu", "--run-dir", str(run_dir), "--log-every", "1", "--threads", "1",
             "--tensorboard", "false", "--final-eval", "false", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True,
