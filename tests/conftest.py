@@ -1,9 +1,14 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 SAMPLE = Path(__file__).parent / "data" / "fashion-mnist-sample"
+
+# Subprocess tests wait on progress, never on a guess of how fast this machine is; this limit
+# only catches a hang, so it is far above what any machine needs (a 2-core CPU needs < 60 s).
+HANG_SECONDS = float(os.environ.get("FASTCLR_TEST_HANG_SECONDS", 1800))
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,13 @@ import sys
 
 import pytest
 
+from conftest import HANG_SECONDS
 from fastclr.cli import main
 
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+                          text=True, cwd=cwd, timeout=HANG_SECONDS)
 
 
 def one_line(text: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import SAMPLE, tiny_config
+from conftest import HANG_SECONDS, SAMPLE, tiny_config
 
 pytestmark = pytest.mark.distributed
 
@@ -119,11 +119,11 @@ def test_torchrun_trains_then_resumes(tmp_path):
             "--tensorboard", "false", "--final-eval", "false", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True,
-                           env=env, timeout=300)
+                           env=env, timeout=HANG_SECONDS)
     assert first.returncode == 0, first.stderr[-2000:]
     assert (run_dir / "checkpoints" / "ckpt-00000002.pt").is_file()
     second = subprocess.run(base + ["--max-steps", "4"], capture_output=True, text=True,
-                            env=env, timeout=300)
+                            env=env, timeout=HANG_SECONDS)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resumed from" in second.stdout and "at step 2" in second.stdout
     # rank 0 alone speaks: each message once, not once per process

@@ -12,17 +12,22 @@ import time
 import pytest
 import torch
 
-from conftest import SAMPLE, tiny_config
+from conftest import HANG_SECONDS, SAMPLE, tiny_config
 from fastclr.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from fastclr.errors import CheckpointError
 from fastclr.train import build_run, checkpoint_state, train
 
-STEPS = 200
+STEPS = int(os.environ.get("FASTCLR_TEST_KILL_STEPS", 200))  # steps of the killed run
+KILLS = 10
+# How often the test looks at the run's progress. A larger value makes the run look faster to
+# the test (more steps pass between two looks): FASTCLR_TEST_POLL=0.5 imitates a fast machine.
+POLL = float(os.environ.get("FASTCLR_TEST_POLL", 0.02))
 
 
 def command(run_dir, max_steps=STEPS):
     return [sys.executable, "-m", "fastclr", "train", "--data-dir", str(SAMPLE), "--width",
-            "0.125", "--stem", "small-s2", "--batch-size", "32", "--epochs", "4",
+            "0.125", "--stem", "small-s2", "--batch-size", "32",
+            "--epochs", str(-(-max(max_steps, STEPS) // 62)),  # 62 steps per epoch
             "--warmup-epochs", "0.5", "--run-dir", str(run_dir), "--log-every", "1",
             "--checkpoint-every", "3", "--deterministic", "true", "--threads", "1",
             "--tensorboard", "false", "--final-eval", "false", "--no-progress",
@@ -33,48 +38,78 @@ def final_weights(run_dir):
     return load_checkpoint(list_checkpoints(run_dir)[-1])["model"]
 
 
-def metric_lines(run_dir):
+def logged_step(run_dir) -> int:
+    """The last step in metrics.jsonl (0 before the first); a half-written last line is
+    skipped (a kill can land mid-write)."""
     path = run_dir / "metrics.jsonl"
-    return path.read_text().count("\n") if path.is_file() else 0
+    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError):
+            continue
+    return 0
 
 
-def wait_for_progress(proc, run_dir, lines, timeout=120):
-    start = time.time()
-    while metric_lines(run_dir) < lines and proc.poll() is None:
-        if time.time() - start > timeout:
-            raise TimeoutError("no training progress")
-        time.sleep(0.05)
+def wait_for_step(proc, run_dir, step) -> bool:
+    """Wait until the run has logged `step`: True, or False if its process ended first.
+    Progress is what is waited for; HANG_SECONDS only catches a run that stopped moving."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while logged_step(run_dir) < step:
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no training progress to step {step} in {HANG_SECONDS:.0f} s")
+        time.sleep(POLL)
+    return True
+
+
+def kill_points(rng, steps=STEPS, kills=KILLS) -> list[int]:
+    """One kill step inside each of `kills` equal windows of the first 90% of the run."""
+    window = 0.9 * steps / kills
+    return [max(1, int((i + rng.uniform(0.2, 0.8)) * window)) for i in range(kills)]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, as a subprocess like the interrupted ones."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    subprocess.run(command(run_dir), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(run_dir), check=True, capture_output=True, timeout=HANG_SECONDS)
     return run_dir
 
 
 @pytest.mark.slow
 def test_sigkill_ten_times_then_identical_weights(reference, tmp_path):
+    """Ten SIGKILLs at points that follow the run's progress, whatever the machine's speed:
+    session i is killed once it has trained past its kill point, after a random part of the
+    time of three steps (one checkpoint period), so kills land mid-step, mid-checkpoint and
+    mid-log line. The resumed run must end with the uninterrupted run's weights, bit for bit."""
     run_dir = tmp_path / "killed"
     rng = random.Random(1234)
-    kills = 0
-    for _ in range(10):
+    for i, point in enumerate(kill_points(rng)):
+        # lines past the last checkpoint are redone (and trimmed) by the resume: only a step
+        # beyond `seen` is this session's progress
+        seen = logged_step(run_dir)
+        target = max(point, seen + 2)  # this session trains at least two steps
         proc = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # kill at a random moment after this session has trained a little: mid-step,
-        # mid-checkpoint, mid-log line, wherever it happens to be
-        wait_for_progress(proc, run_dir, metric_lines(run_dir) + 1)
-        time.sleep(rng.uniform(0.0, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        reached = wait_for_step(proc, run_dir, seen + 1)
+        started = time.monotonic()
+        reached = reached and wait_for_step(proc, run_dir, target)
+        step_seconds = (time.monotonic() - started) / max(1, target - seen - 1)
+        if reached:
+            time.sleep(rng.uniform(0.0, 3 * step_seconds))
+        if proc.poll() is not None:
+            pytest.fail(f"test set-up: kill {i + 1} of {KILLS} (at step {target}) did not "
+                        f"land: the run ended first (exit code {proc.returncode}, last logged "
+                        f"step {logged_step(run_dir)} of {STEPS})")
+        proc.send_signal(signal.SIGKILL)
         proc.wait()
         for path in list_checkpoints(run_dir):  # every checkpoint left behind is whole
             load_checkpoint(path)
-    done = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    assert logged_step(run_dir) < STEPS, "test set-up: the last kill came after the last step"
+    done = subprocess.run(command(run_dir), capture_output=True, text=True,
+                          timeout=HANG_SECONDS)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert kills == 10
     a, b = final_weights(reference), final_weights(run_dir)
     assert list_checkpoints(run_dir)[-1].name == f"ckpt-{STEPS:08d}.pt"
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -83,20 +118,31 @@ def test_sigkill_ten_times_then_identical_weights(reference, tmp_path):
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
+def test_kill_points_spread_over_the_run():
+    points = kill_points(random.Random(0), steps=200, kills=10)
+    assert len(points) == 10 and points == sorted(points)
+    assert all(18 * i < p < 18 * (i + 1) for i, p in enumerate(points))  # one per window
+    assert points[-1] < 180  # room left after the last kill: the run cannot end first
+
+
 @pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_resumes(reference, tmp_path):
     run_dir = tmp_path / "term"
     proc = subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    wait_for_progress(proc, run_dir, 5)
+    if not wait_for_step(proc, run_dir, 5):
+        pytest.fail(f"test set-up: the run ended before step 5 (exit code {proc.returncode})")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_SECONDS)
     assert proc.returncode == 0, err[-2000:]
-    assert "stopped by SIGTERM at step" in err and "run the same command again" in err
+    assert "stopped by SIGTERM at step" in err, (
+        "the run ended before the signal landed (test set-up)" if logged_step(run_dir) == STEPS
+        else err[-2000:])
     stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert 0 < stopped_at < STEPS
     assert list_checkpoints(run_dir)[-1].name == f"ckpt-{stopped_at:08d}.pt"
-    again = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command(run_dir), capture_output=True, text=True,
+                           timeout=HANG_SECONDS)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"at step {stopped_at}" in again.stdout
     a, b = final_weights(reference), final_weights(run_dir)
@@ -189,7 +235,7 @@ def test_unwritable_run_folder_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     out = subprocess.run(command(blocker / "run", max_steps=1), capture_output=True, text=True,
-                         timeout=300)
+                         timeout=HANG_SECONDS)
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "cannot write to the run folder" in lines[0], out.stderr
