@@ -21,7 +21,7 @@ PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check --no-compile
 
 # fastclr builds one C file (its CPU augmentation kernel) when a C compiler and Python's
 # headers are there; without them it installs anyway and says so.
-$(STAMP): pyproject.toml requirements.txt setup.py fastclr/_augment_cpu.c
+$(STAMP): pyproject.toml requirements.txt setup.py fastclr/augment/_cpu.c
 	@echo "setting up $(VENV): the pinned environment of requirements.txt, then fastclr"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements.txt

@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 
 unix = sys.platform != "win32"
 setup(ext_modules=[Extension(
-    "fastclr._augment_cpu", ["fastclr/_augment_cpu.c"],
+    "fastclr.augment._cpu", ["fastclr/augment/_cpu.c"],
     # no errno from floorf and friends and no FP-exception traps to preserve, so compares,
     # selects and floor vectorise; not -ffast-math, which would change the float arithmetic
     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"] if unix else ["/O2"],

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastclr.batches import StreamingBatches  # noqa: E402
-from fastclr.images import FolderIndex, PackedPaths, index_folder  # noqa: E402
+from fastclr.data.batches import StreamingBatches  # noqa: E402
+from fastclr.data.images import FolderIndex, PackedPaths, index_folder  # noqa: E402
 
 
 def repeated(index: FolderIndex, count: int) -> FolderIndex:

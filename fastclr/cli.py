@@ -76,7 +76,7 @@ def _config_from_args(args) -> "Config":  # noqa: F821
 
 def cmd_train(args) -> int:
     from fastclr.distributed import resolve_device
-    from fastclr.report import evaluate_run
+    from fastclr.eval.runner import evaluate_run
     from fastclr.train import train
 
     cfg = _config_from_args(args)
@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
 
 
 def _print_report(report: dict, out_dir) -> None:
-    from fastclr.report import format_report
+    from fastclr.eval.report import format_report
 
     print()
     print(format_report(report))
@@ -119,8 +119,9 @@ def _add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args) -> int:
     from fastclr.distributed import resolve_device
-    from fastclr.report import default_out_dir, evaluate_weights, parse_protocols, require_labels
-    from fastclr.weights import load_weights
+    from fastclr.eval.runner import (default_out_dir, evaluate_weights, parse_protocols,
+                                     require_labels)
+    from fastclr.eval.weights import load_weights
 
     _set_threads(args.threads)
     protocols = parse_protocols(args.protocol)
@@ -141,8 +142,8 @@ def cmd_eval(args) -> int:
 
 def cmd_embed(args) -> int:
     from fastclr.distributed import resolve_device
-    from fastclr.embed import embed, embedding_parts, write_embedding
-    from fastclr.weights import load_weights
+    from fastclr.eval.embed import embed, embedding_parts, write_embedding
+    from fastclr.eval.weights import load_weights
 
     _set_threads(args.threads)
     device = resolve_device(args.device)
@@ -182,8 +183,8 @@ def cmd_preview(args) -> int:
     import torch
 
     from fastclr.data import get_spec, load_split
-    from fastclr.plots import save_augmentation_grid
-    from fastclr.train import augment_from_config
+    from fastclr.augment.pipeline import augment_from_config
+    from fastclr.eval.plots import save_augmentation_grid
 
     cfg = _config_from_args(args)
     spec = get_spec(cfg.data)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from fastclr.train import Stopped
+    from fastclr.train.signals import Stopped
 
     try:
         return args.func(args)

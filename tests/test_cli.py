@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import HANG_SECONDS
+from fixtures import HANG_SECONDS
 from fastclr.cli import main
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import HANG_SECONDS, SAMPLE, tiny_config
+from fixtures import HANG_SECONDS, SAMPLE, tiny_config
 
 pytestmark = pytest.mark.distributed
 
@@ -42,7 +42,7 @@ def one_step(rank, world, out, broken, port=0):
     """One training step through the real Run.train_step; saves loss and parameters."""
     from fastclr import distributed, loss
     from fastclr.data import Pretrain
-    from fastclr.train import build_run
+    from fastclr.train.step import build_run
 
     torch.set_num_threads(1)
     if world > 1:

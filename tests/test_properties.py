@@ -124,7 +124,7 @@ def _cifar_batch_bytes(n: int) -> bytes:
 def test_cifar_reader_on_random_and_damaged_pickles(tmp_path_factory, case):
     """Random bytes, or a real CIFAR batch with bytes overwritten or cut: a CIFAR batch or a
     DataError, never another exception (and never code run by the unpickler)."""
-    from fastclr.formats import read_cifar
+    from fastclr.data.formats import read_cifar
 
     if isinstance(case, bytes):
         blob = case
@@ -149,7 +149,7 @@ def test_cifar_reader_on_random_and_damaged_pickles(tmp_path_factory, case):
                  st.builds(lambda k, d: max(0, k * 3 * 96 * 96 + d), st.integers(0, 3),
                            st.integers(-2, 2))))
 def test_stl10_reader_on_any_length(tmp_path_factory, size):
-    from fastclr.formats import read_stl10_images
+    from fastclr.data.formats import read_stl10_images
 
     path = tmp_path_factory.mktemp("stl") / "train_X.bin"
     path.write_bytes(bytes(size))
@@ -178,7 +178,7 @@ def _image_bytes(fmt: str) -> bytes:
 def test_image_decoding_on_damaged_files(tmp_path_factory, fmt, at, patch, cut):
     """A real image file with bytes overwritten or cut off: decoded, or listed as a failure
     with its reason; the batch decode itself never raises."""
-    from fastclr.images import check_header, decode_many
+    from fastclr.data.images import check_header, decode_many
 
     good = _image_bytes(fmt)
     at %= len(good)

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastclr.evaluate import autocast_for, cosine_lr, extract_features, frozen, topk_accuracy
+from fastclr.eval.features import autocast_for, extract_features, frozen
+from fastclr.eval.probes import cosine_lr, topk_accuracy
 
 # the paper's fine-tuning lengths (appendix B.5), by fraction of labels
 PAPER_EPOCHS = {0.01: 60, 0.1: 30}

@@ -1,4 +1,5 @@
-"""How good are the features: the frozen-encoder protocols of SimCLR section 4 and appendix B.
+"""Classifiers on frozen features: the linear probes and the kNN of SimCLR section 4 and
+appendix B.
 
 - Features are h from the frozen encoder in eval mode, on un-augmented images. Every protocol
   here runs inside `frozen(encoder)`, which proves afterwards that no weight and no BN statistic
@@ -15,8 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import time
 
@@ -24,114 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastclr.images import center_view
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (features are cast back to fp32), nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# ---- the frozen-encoder guarantee -----------------------------------------------------------
-
-
-class EncoderChangedError(RuntimeError):
-    """A frozen-encoder protocol changed the encoder's weights or BN statistics (a bug here)."""
-
-
-def state_digest(module: nn.Module) -> dict[str, str]:
-    """sha256 of every parameter and buffer of `module`, by state_dict name.
-
-    Buffers matter as much as weights: a BN layer left in train mode changes no weight but
-    moves running_mean/var on every forward, and the features with them.
-    """
-    digests = {}
-    for name, t in module.state_dict().items():
-        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bytes of any dtype
-        digests[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
-    return digests
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module):
-    """Run a frozen-encoder protocol: eval mode, no gradients, and proof afterwards.
-
-    Inside, `module` is in eval mode with requires_grad off. On leaving, modes and flags are
-    restored and EncoderChangedError is raised if any parameter or buffer differs from before
-    (SimCLR section 4: linear evaluation trains a classifier on a *frozen* base network).
-    """
-    before = state_digest(module)
-    modes = [m.training for m in module.modules()]
-    flags = [p.requires_grad for p in module.parameters()]
-    module.eval()
-    module.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for m, mode in zip(module.modules(), modes):
-            m.training = mode
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
-    changed = [k for k, v in state_digest(module).items() if before.get(k) != v]
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5
-                                          else "")
-        raise EncoderChangedError(f"the frozen encoder changed during evaluation: {shown}")
-
-
-# ---- features -------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                     device: torch.device | str = "cpu", size: int | None = None) -> torch.Tensor:
-    """h = f(x) for uint8 images (N, C, H, W): float32 (N, feat_dim) on `device`, eval mode.
-
-    With `size` (the training resolution), images of another size are first resized (shorter
-    side) and centre-cropped to size x size, so the encoder sees objects at the scale it was
-    trained on; images already size x size pass unchanged.
-    """
-    from fastclr.models import channels_last_ok
-
-    device = torch.device(device)
-    channels_last = channels_last_ok(encoder, device)
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            x = images[i: i + batch_size].to(device, non_blocking=True).float().div_(255)
-            if size is not None:
-                x = center_view(x, size)  # (n, C, size, size)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device):
-                out.append(encoder(x).float())
-    finally:
-        encoder.train(was_training)
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def project(head: nn.Module, h: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """z = g(h) for cached features h (N, feat_dim) -> (N, proj_dim), head in eval mode.
-
-    Linear evaluation on z is the paper's h-versus-z comparison (section 4.2, Figure 8).
-    """
-    was_training = head.training
-    head.eval()  # BN in the head uses its running statistics, not the batch's
-    try:
-        return torch.cat([head(h[i: i + batch_size]).float()
-                          for i in range(0, len(h), batch_size)])
-    finally:
-        head.train(was_training)
-
-
-def pixel_features(images: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline: each image flattened to a vector in [0, 1]."""
-    return images.reshape(len(images), -1).float() / 255
+from fastclr.eval.features import autocast_for, extract_features, frozen
 
 
 @torch.no_grad()
@@ -331,51 +223,3 @@ def evaluate_encoder(encoder: nn.Module, train, test, device, batch_size: int = 
         f_train = extract_features(encoder, train.images, batch_size, device, size)
         f_test = extract_features(encoder, test.images, batch_size, device, size)
     return evaluate_features(f_train, train.labels, f_test, test.labels, k, temperature)
-
-
-# ---- during pretraining ---------------------------------------------------------------------
-
-
-class OnlineProbe(nn.Module):
-    """A linear classifier on stop-gradient h, trained alongside pretraining.
-
-    The official SimCLR code trains such a head on h.detach() in the same step, so labels
-    never shape the encoder; its accuracy on the (augmented, train-mode) batches is a cheap
-    sign of learning between kNN evaluations, not a test metric. It has its own Adam
-    optimiser (h changes scale as the encoder trains; Adam does not care). `step` reads
-    nothing on the host; `read` does, once per log line.
-    """
-
-    def __init__(self, feat_dim: int, num_classes: int, lr: float = 1e-3):
-        super().__init__()
-        self.linear = nn.Linear(feat_dim, num_classes)
-        self.lr = lr
-        self.optimizer = None  # made on first use, after .to(device)
-        self.register_buffer("correct", torch.zeros(()))
-        self.register_buffer("seen", torch.zeros(()))
-
-    def step(self, h: torch.Tensor, labels: torch.Tensor, skip: torch.Tensor | None = None):
-        """One update on h (n, feat_dim) of one view and its labels (n,); `skip` is a bool
-        tensor (the pretraining step was skipped: h may not be finite), read on the device."""
-        if self.optimizer is None:
-            self.optimizer = torch.optim.Adam(self.linear.parameters(), lr=self.lr)
-        h = h.detach().float()  # stop-gradient: the probe never trains the encoder
-        keep = torch.ones((), dtype=torch.bool, device=h.device) if skip is None else ~skip
-        h = torch.where(keep, h, 0.0)  # a NaN h would poison the gradient even with weight 0
-        logits = self.linear(h)  # (n, num_classes)
-        loss = F.cross_entropy(logits, labels) * keep.float()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        with torch.no_grad():
-            self.correct += ((logits.argmax(1) == labels) & keep).sum()
-            self.seen += keep.float() * len(labels)
-
-    def read(self) -> float:
-        """Top-1 on the batches seen since the last read (nan if none), then reset."""
-        correct, seen = torch.stack([self.correct, self.seen]).tolist()
-        self.correct.zero_()
-        self.seen.zero_()
-        return correct / seen if seen else float("nan")
-
-

@@ -3,7 +3,8 @@ import gzip
 import pytest
 import torch
 
-from fastclr.data import InMemoryBatches, load_split, read_idx
+from fastclr.data import load_split, read_idx
+from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import DataError
 
 

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from conftest import tiny_config
+from fixtures import tiny_config
 from fastclr.checkpoint import latest_checkpoint, load_checkpoint
 from fastclr.train import train
 

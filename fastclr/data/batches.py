@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastclr.errors import DataError
-from fastclr.images import FolderIndex, decode_square, error_text
+from fastclr.data.images import FolderIndex, decode_square, error_text
 
 log = logging.getLogger("fastclr")
 

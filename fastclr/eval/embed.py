@@ -19,7 +19,7 @@ import torch.nn as nn
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
 from fastclr.errors import DataError
-from fastclr.evaluate import extract_features, frozen
+from fastclr.eval.features import extract_features, frozen
 
 
 def embedding_parts(data: str, split: str = "all", data_dir=None,

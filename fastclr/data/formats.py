@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fastclr.errors import DataError
-from fastclr.images import decode_many, fingerprint
+from fastclr.data.images import decode_many, fingerprint
 
 # ---- IDX (MNIST, Fashion-MNIST) ------------------------------------------------------------
 

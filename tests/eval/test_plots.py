@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from fastclr.augment import SimCLRAugment
-from fastclr.plots import save_augmentation_grid
+from fastclr.eval.plots import save_augmentation_grid
 
 
 def test_augmentation_grid_png(tmp_path):

@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
-from fastclr.batches import StreamingBatches
+from fixtures import tiny_config
+from fastclr.data.batches import StreamingBatches
 from fastclr.cli import main
 from fastclr.data import get_spec, load_pretrain, load_split
 from fastclr.errors import DataError
-from fastclr.images import center_view, decode_square, index_folder, load_rgb
+from fastclr.data.images import center_view, decode_square, index_folder, load_rgb
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -446,7 +446,7 @@ def test_center_view_resizes_the_shorter_side_and_crops():
 
 
 def test_extract_features_at_the_stored_size_is_unchanged():
-    from fastclr.evaluate import extract_features
+    from fastclr.eval.features import extract_features
     from fastclr.models import build_encoder
 
     torch.manual_seed(0)
@@ -481,7 +481,7 @@ def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys
 
 
 def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
-    from fastclr.report import evaluate_run
+    from fastclr.eval.runner import evaluate_run
     from fastclr.train import train
 
     cfg = tiny_config(tmp_path / "run", data="cifar10", data_dir=str(cifar_dir), image_size=16,

@@ -174,7 +174,7 @@ def test_pipeline_matches_torchvision_per_image(channels, in_size, options, nati
     if native and A.NATIVE is None:
         pytest.skip("the C kernel was not built")
     # small chunks, so that views of one call cross chunk and view boundaries
-    monkeypatch.setattr(A, "CPU_CHUNK_BYTES", 4 * channels * 32 * 32 * 5)
+    monkeypatch.setattr(A.engine, "CPU_CHUNK_BYTES", 4 * channels * 32 * 32 * 5)
     images = real_images(12, in_size, channels)
     p = A.sample_params(gen(3), 24, in_size, in_size, channels, **options)   # 2 views each
     views = A.apply(images, p, native=native)
@@ -197,7 +197,7 @@ def test_c_kernel_is_built_where_a_compiler_is():
     has_compiler = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is not None
     if not has_compiler:
         pytest.skip("no C compiler here, so no kernel is expected")
-    assert A.NATIVE is not None, "pip install -e . did not build fastclr/_augment_cpu.c"
+    assert A.NATIVE is not None, "pip install -e . did not build fastclr/augment/_cpu.c"
 
 
 @needs_native

@@ -12,10 +12,11 @@ import time
 import pytest
 import torch
 
-from conftest import HANG_SECONDS, SAMPLE, tiny_config
+from fixtures import HANG_SECONDS, SAMPLE, tiny_config
 from fastclr.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from fastclr.errors import CheckpointError
-from fastclr.train import build_run, checkpoint_state, train
+from fastclr.train import train
+from fastclr.train.step import build_run, checkpoint_state
 
 STEPS = int(os.environ.get("FASTCLR_TEST_KILL_STEPS", 200))  # steps of the killed run
 KILLS = 10
@@ -192,7 +193,7 @@ def test_non_finite_step_is_skipped_entirely(tmp_path):
 
 
 def test_too_many_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
-    import fastclr.train as train_module
+    import fastclr.train.loop as train_module
 
     original = train_module.build_run
 

@@ -10,236 +10,29 @@ from __future__ import annotations
 
 import itertools
 import logging
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from fastclr import augment as augment_module
 from fastclr import distributed
-from fastclr.augment import SimCLRAugment
-from fastclr.batches import InMemoryBatches, StreamingBatches
+from fastclr.augment import engine as augment_engine
 from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
                                 load_checkpoint, prune_checkpoints, remove_stale_temp,
                                 save_checkpoint)
 from fastclr.config import Config
-from fastclr.data import Pretrain, get_spec, load_pretrain, load_split, pretrain_batches
+from fastclr.data import get_spec, load_pretrain
+from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import CheckpointError
-from fastclr.evaluate import OnlineProbe, extract_features, knn_top1
-from fastclr.loss import nt_xent
-from fastclr.models import SimCLR, channels_last_ok, model_from_config
-from fastclr.optim import build_optimizer, lr_at, peak_lr
-from fastclr.runfolder import (MetricsLog, check_compatible, default_run_dir, find_resume,
-                               log_skipped, record_train_time, setup_logging, write_run_info)
+from fastclr.eval.monitor import Monitor, OnlineProbe
+from fastclr.train.runfolder import (MetricsLog, check_compatible, default_run_dir, find_resume,
+                                     log_skipped, record_train_time, setup_logging,
+                                     write_run_info)
+from fastclr.train.signals import StopSignals, Stopped
+from fastclr.train.step import all_finite, build_run, checkpoint_state
 
 log = logging.getLogger("fastclr")
-
-
-def augment_from_config(cfg: Config) -> SimCLRAugment:
-    return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
-                         crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p,
-                         color_strength=cfg.color_strength, color_p=cfg.color_p,
-                         gray_p=cfg.gray_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma,
-                         solarize_p=cfg.solarize_p)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The augmentation seed of one step on one process: randomness is a function of the step,
-    so a resumed run draws exactly the views the uninterrupted run would have drawn."""
-    return (seed * 2**52 + rank * 2**32 + step) % 2**64
-
-
-class BufferGuard:
-    """Keeps BN running statistics of a step whose loss was not finite from being kept.
-
-    BN updates its running mean/var in the forward pass, before the loss is known; a skipped
-    step must not leave NaN statistics behind. Restoring is branch-free (no host sync).
-    """
-
-    def __init__(self, model: nn.Module):
-        self.buffers = [b for b in model.buffers() if b.dtype != torch.bool]
-        self.saved = [b.clone() for b in self.buffers]
-
-    def save(self) -> None:
-        for s, b in zip(self.saved, self.buffers):
-            s.copy_(b)
-
-    def restore_if(self, bad: torch.Tensor) -> None:
-        for b, s in zip(self.buffers, self.saved):
-            b.copy_(torch.where(bad, s, b))
-
-
-class Stopped(Exception):
-    """Training stopped early on a signal, after saving a checkpoint to resume from."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path):
-        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} "
-                         "saved: run the same command again to resume")
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-
-
-class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR1 (SLURM's pre-emption warning) ask the loop to finish its
-    step, save and stop; a second Ctrl-C stops at once. Handlers are restored on exit."""
-
-    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for name in self.NAMES:
-                if hasattr(signal, name):
-                    sig = getattr(signal, name)
-                    self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.received is not None and name == "SIGINT":
-            raise KeyboardInterrupt  # the second Ctrl-C: no more waiting
-        if self.received is None:
-            self.received = name
-            print(f"\nfastclr: {name} received: finishing this step, then saving a checkpoint "
-                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-@dataclass
-class Run:
-    """What the loop needs, built once: used by train() and by tests that drive single steps."""
-
-    cfg: Config
-    ctx: distributed.Context
-    model: SimCLR  # the plain module: what checkpoints hold
-    forward: nn.Module  # what the step calls: maybe DDP-wrapped and compiled
-    optimizer: torch.optim.Optimizer
-    augment: SimCLRAugment
-    batches: InMemoryBatches | StreamingBatches
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-    generator: torch.Generator
-    autocast: bool
-    guard: BufferGuard
-    channels_last: bool
-    views: torch.Tensor | None = None  # the augmentation's output buffer, reused
-    probe: OnlineProbe | None = None  # optional linear probe on stop-gradient h
-
-    def train_step(self, images: torch.Tensor, step: int, labels: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
-        `labels` (n,) of the images feed the online probe, if there is one."""
-        cfg, device = self.cfg, self.ctx.device
-        lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
-        self.guard.save()
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
-        # both; written into the same buffer every step (fresh pages cost more than the maths)
-        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
-        self.views = x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
-            n = len(images)
-            loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
-        bad = ~torch.isfinite(loss.detach())
-        if self.ctx.world_size > 1:  # every process must skip the same steps
-            bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.found_inf = bad.float()
-        self.optimizer.step()
-        self.guard.restore_if(bad)
-        if self.probe is not None and labels is not None:
-            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
-        return loss.detach(), bad
-
-
-def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
-    torch.manual_seed(cfg.seed)  # same initial weights on every process
-    model = model_from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std)
-    if ctx.world_size > 1 and cfg.sync_bn:
-        model = distributed.convert_sync_batchnorm(model, ctx.device)
-    model = model.to(ctx.device)
-    channels_last = channels_last_ok(model, ctx.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward: nn.Module = model
-    if ctx.world_size > 1:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        forward = torch.compile(forward)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
-                                cfg.trust_coefficient)
-    batches = pretrain_batches(pretrain, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size,
-                               ctx.device, cfg.num_workers)
-    total = cfg.epochs * batches.steps_per_epoch
-    warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
-    precision = cfg.precision if cfg.precision != "auto" else (
-        "bf16" if ctx.device.type == "cuda" else "fp32")
-    return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg), batches, total,
-               warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
-               torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
-               channels_last)
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-
-def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
-    """Everything an exact resume needs. The data order and the views are functions of (seed,
-    epoch) and (seed, step, rank), so they need no saved generator; the global RNG is saved
-    for anything else that draws from it."""
-    return {"step": step, "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
-            "torch_rng": torch.get_rng_state(), **extra}
-
-
-def all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
-               if t.is_floating_point())
-
-
-# ---- monitoring -----------------------------------------------------------------------------
-
-
-class Monitor:
-    """kNN top-1 on labeled training images: a bank and disjoint queries, both from the train
-    split, so the best checkpoint it picks was never chosen by the test set."""
-
-    def __init__(self, cfg: Config, device: torch.device, bank_size=10_000, query_size=2_000):
-        spec = get_spec(cfg.data)
-        size = cfg.image_size  # features at the training resolution (folder sets decode at it)
-        images = load_split(cfg.data, spec.train, cfg.data_dir, size=size,
-                            sample=bank_size + query_size)
-        cut = len(images) * bank_size // (bank_size + query_size)
-        self.bank = images.subset(torch.arange(cut))
-        self.query = images.subset(torch.arange(cut, len(images)))
-        self.cfg, self.device = cfg, device
-
-    def __call__(self, encoder: nn.Module) -> float:
-        bs, size = self.cfg.eval_batch_size, self.cfg.image_size
-        fb = extract_features(encoder, self.bank.images, bs, self.device, size=size)
-        fq = extract_features(encoder, self.query.images, bs, self.device, size=size)
-        return knn_top1(fb, self.bank.labels, fq, self.query.labels, self.cfg.knn_k,
-                        self.cfg.knn_temperature)
-
-
-# ---- the loop -------------------------------------------------------------------------------
 
 
 def train(cfg: Config, progress: bool = True) -> Path:
@@ -321,7 +114,7 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
              cfg.name, ctx.device, len(pretrain), tuple(pretrain.shape), held, cfg.arch,
              cfg.width, cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
              cfg.optimizer, ctx.world_size)
-    if ctx.device.type == "cpu" and augment_module.NATIVE is None:
+    if ctx.device.type == "cpu" and augment_engine.NATIVE is None:
         log.info("augmentation runs on PyTorch tensor ops: fastclr's C kernel was not built "
                  "(no C compiler at install time?), so CPU augmentation is several times slower")
 
@@ -441,5 +234,3 @@ def _train(cfg: Config, ctx: distributed.Context, progress: bool) -> Path:
             log.warning("%d times an image failed to decode and another took its place (the "
                         "files are named above)", run.batches.failures)
     return run_dir
-
-

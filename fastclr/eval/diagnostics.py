@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastclr.evaluate import autocast_for, frozen, project
+from fastclr.eval.features import autocast_for, frozen, project
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:

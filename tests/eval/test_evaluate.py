@@ -12,19 +12,23 @@ import torch.nn as nn
 
 from fastclr.checkpoint import export_encoder, save_checkpoint
 from fastclr.config import Config
-from fastclr.data import ImageSet, InMemoryBatches, load_split
-from fastclr.diagnostics import alignment, contrastive_top1, diagnose, effective_rank, uniformity
-from fastclr.embed import embed, embedding_parts, index_path, write_embedding
+from fastclr.data import ImageSet, load_split
+from fastclr.data.batches import InMemoryBatches
+from fastclr.eval.diagnostics import alignment, contrastive_top1, diagnose, effective_rank, uniformity
+from fastclr.eval.embed import embed, embedding_parts, index_path, write_embedding
 from fastclr.errors import ConfigError, DataError
-from fastclr.evaluate import (EncoderChangedError, OnlineProbe, extract_features, frozen,
-                              knn_predict, knn_table, linear_probe, linear_probe_augmented,
-                              nearest_neighbours, state_digest)
-from fastclr.finetune import balanced_subset, finetune
+from fastclr.eval.features import EncoderChangedError, extract_features, frozen, state_digest
+from fastclr.eval.monitor import OnlineProbe
+from fastclr.eval.probes import (knn_predict, knn_table, linear_probe, linear_probe_augmented,
+                                 nearest_neighbours)
+from fastclr.eval.finetune import balanced_subset, finetune
 from fastclr.models import build_encoder, build_model
-from fastclr.report import FAST, PROTOCOLS, crop_flip_augment, format_report, parse_protocols
-from fastclr.weights import load_weights
+from fastclr.eval.protocols import crop_flip_augment
+from fastclr.eval.report import format_report
+from fastclr.eval.runner import FAST, PROTOCOLS, parse_protocols
+from fastclr.eval.weights import load_weights
 
-from conftest import SAMPLE
+from fixtures import SAMPLE
 
 FASHION = str(SAMPLE)  # the shipped sample: no test depends on a system-wide data set
 
@@ -266,7 +270,7 @@ def test_online_probe_learns_without_touching_its_input():
 
 def test_online_probe_leaves_the_pretraining_step_unchanged(fashion):
     from fastclr.distributed import Context
-    from fastclr.train import build_run
+    from fastclr.train.step import build_run
 
     cfg = Config(width=0.125, stem="small-s2", batch_size=32, online_probe=True)
     ctx = Context(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -436,7 +440,7 @@ def _is_png(path) -> bool:
 
 
 def test_plots_write_png_files(fashion, tmp_path):
-    from fastclr import plots
+    from fastclr.eval import plots
 
     records = [{"step": s, "epoch": s / 10, "loss": 5 - s / 10, "lr": 0.1 * s, "views_per_s": 1}
                for s in range(1, 21)] + [{"step": 10, "epoch": 1, "knn_top1": 0.5},

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from fastclr import formats
-from fastclr.data import PATH_KINDS, DatasetSpec, ImageSet, register
+from fastclr.data import formats
+from fastclr.data.registry import PATH_KINDS, DatasetSpec, ImageSet, register
 from fastclr.errors import DataError
-from fastclr.formats import read_idx
-from fastclr.images import IMAGE_EXTENSIONS, FolderIndex, class_folders, index_folder
+from fastclr.data.formats import read_idx
+from fastclr.data.images import IMAGE_EXTENSIONS, FolderIndex, class_folders, index_folder
 
 
 def _torchvision_download(cls_name: str):

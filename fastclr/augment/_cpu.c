@@ -8,12 +8,12 @@
  * per-view float buffer that stays in L1/L2, then one vectorised loop each for contrast with
  * saturation, for hue and for grayscale, and a clamped store into the output, any strides.
  *
- * Semantics are those of fastclr/augment.py (`_apply_chunk` and the colour helpers), which
- * follow torchvision per image; tests/test_augment.py checks this kernel against that code
+ * Semantics are those of fastclr/augment/engine.py (`_apply_chunk`) and colour.py, which
+ * follow torchvision per image; tests/augment/ checks this kernel against that code
  * and against torchvision. Everything per view that does not touch pixels (the resampling
- * taps, colour factors) is computed by augment.py and passed in.
+ * taps, colour factors) is computed by engine.py and passed in.
  *
- * Python: fastclr._augment_cpu.apply(*ints), pointers and sizes in the order of `parse`; the
+ * Python: fastclr.augment._cpu.apply(*ints), pointers and sizes in the order of `parse`; the
  * GIL is released while the kernel runs, so several threads can each take a range of views.
  */
 #define PY_SSIZE_T_CLEAN
@@ -198,7 +198,7 @@ static int parse(PyObject *args, Job *j) {
         return -1;
     if ((C != 1 && C != 3) || N < 1 || H < 1 || W < 1 || S < 1 || ky < 1 || kx < 1 ||
         start < 0 || stop < start) {
-        PyErr_SetString(PyExc_ValueError, "fastclr._augment_cpu: bad sizes");
+        PyErr_SetString(PyExc_ValueError, "fastclr.augment._cpu: bad sizes");
         return -1;
     }
     j->images = (const uint8_t *)(uintptr_t)images;
@@ -238,8 +238,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_augment_cpu",
+    PyModuleDef_HEAD_INIT, "_cpu",
     "CPU kernel of fastclr.augment (crop, resize, flip, colour per view).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__augment_cpu(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&module); }

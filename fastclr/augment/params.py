@@ -1,0 +1,149 @@
+"""The random parameters of a batch of views: one draw per view, from an explicit generator.
+
+The distributions are torchvision's (RandomResizedCrop, ColorJitter, RandomGrayscale, ...),
+drawn for all views at once; `engine.apply` turns them into pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+# torchvision's RandomResizedCrop tries this many random boxes before a centre crop.
+CROP_TRIES = 10
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters of one batch of views; every tensor has the views as dim 0.
+
+    A field that is None means the op is off for the whole batch (probability 0, zero strength,
+    or an op that does not exist for one channel), which `apply` skips at no cost.
+    """
+
+    size: int                      # output side S
+    top: Tensor                    # (N,) int64 crop box, in input pixels
+    left: Tensor                   # (N,) int64
+    height: Tensor                 # (N,) int64, >= 1
+    width: Tensor                  # (N,) int64, >= 1
+    flip: Tensor                   # (N,) bool, horizontal flip after the crop
+    jitter: Tensor | None          # (N,) bool, colour jitter applied
+    brightness: Tensor | None      # (N,) float factor; 1 where jitter is not applied
+    contrast: Tensor | None        # (N,) float factor; 1 where jitter is not applied
+    saturation: Tensor | None      # (N,) float factor; 1 where not applied; None for C == 1
+    hue: Tensor | None             # (N,) float shift in turns; 0 where not applied; None: C == 1
+    gray: Tensor | None            # (N,) bool, converted to grayscale; None for C == 1
+    blur_sigma: Tensor | None      # (N,) float sigma in pixels; 0 where not blurred
+    blur_kernel: int               # odd kernel side, ~10% of the output side
+    solarize: Tensor | None        # (N,) bool
+
+    def __len__(self) -> int:
+        return self.top.shape[0]
+
+    def select(self, index: Tensor | slice) -> "AugmentParams":
+        """The parameters of a subset of the views (the same index on every tensor)."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            picked[f.name] = value[index] if isinstance(value, Tensor) else value
+        return replace(self, **picked)
+
+
+def blur_kernel_size(side: int) -> int:
+    """Odd kernel side about 10% of the image side (paper, Appendix A), at least 3."""
+    return max(3, int(0.1 * side) // 2 * 2 + 1)
+
+
+def sample_params(generator: torch.Generator, n: int, height: int, width: int,
+                  channels: int = 3, *, size: int | None = None,
+                  crop_scale: tuple[float, float] = (0.2, 1.0),
+                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
+                  color_strength: float = 0.5, color_p: float = 0.8, gray_p: float = 0.2,
+                  blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                  solarize_p: float = 0.0) -> AugmentParams:
+    """Draw the random parameters of `n` views of (channels, height, width) images.
+
+    All randomness comes from `generator` (its device is the device of the returned tensors),
+    so a run is reproducible and resumable from the generator's state. The distributions are
+    torchvision's: crop area uniform in crop_scale * H * W, aspect ratio log-uniform in
+    crop_ratio, the first of 10 tries that fits, else a centre crop; jitter factors uniform in
+    [max(0, 1 - x), 1 + x] with x = 0.8 s for brightness, contrast and saturation, hue shift
+    uniform in [-0.2 s, 0.2 s] (paper, Appendix A, colour strength s).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {channels}")
+    if size is None:
+        if height != width:
+            raise ValueError("non-square images need an explicit output size")
+        size = height
+    dev = generator.device
+
+    def uniform(lo: float, hi: float) -> Tensor:
+        return torch.rand(n, generator=generator, device=dev).mul_(hi - lo).add_(lo)
+
+    def bernoulli(p: float) -> Tensor:
+        return torch.rand(n, generator=generator, device=dev) < p
+
+    top, left, h, w = _sample_crops(generator, n, height, width, crop_scale, crop_ratio)
+    flip = bernoulli(flip_p)
+
+    jitter = brightness = contrast = saturation = hue = gray = None
+    x, hue_x = 0.8 * color_strength, 0.2 * color_strength
+    if color_p > 0 and color_strength > 0:
+        jitter = bernoulli(color_p)
+        # samples without jitter get neutral factors, so `apply` needs no mask for them
+        brightness = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
+        contrast = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
+        if channels == 3:
+            saturation = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
+            hue = torch.where(jitter, uniform(-hue_x, hue_x), 0.0)
+    if channels == 3 and gray_p > 0:
+        gray = bernoulli(gray_p)
+    blur = None
+    if blur_p > 0:
+        blur = torch.where(bernoulli(blur_p), uniform(*blur_sigma), 0.0)
+    solarize = bernoulli(solarize_p) if solarize_p > 0 else None
+    return AugmentParams(size=size, top=top, left=left, height=h, width=w, flip=flip,
+                         jitter=jitter, brightness=brightness, contrast=contrast,
+                         saturation=saturation, hue=hue, gray=gray, blur_sigma=blur,
+                         blur_kernel=blur_kernel_size(size), solarize=solarize)
+
+
+def _sample_crops(generator: torch.Generator, n: int, height: int, width: int,
+                  scale: tuple[float, float], ratio: tuple[float, float]):
+    """torchvision's RandomResizedCrop box for n samples at once: (top, left, h, w) (n,) int64.
+
+    All 10 tries are drawn at once; each sample keeps its first box that fits.
+    """
+    dev = generator.device
+    f64 = torch.float64  # sizes are rounded like torchvision's Python floats
+    u = torch.rand(n, CROP_TRIES, 2, generator=generator, device=dev, dtype=f64)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])      # (n, tries)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(area * aspect))   # round half to even, as Python's round
+    h = torch.round(torch.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)                      # (n, tries)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)   # first fitting try (0 if none)
+    found = fits.any(dim=1)
+    fh, fw = _centre_crop_size(height, width, ratio)   # torchvision's fallback
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(fw))
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(fh))
+    corner = torch.rand(n, 2, generator=generator, device=dev, dtype=f64)
+    top = torch.where(found, torch.floor(corner[:, 0] * (height - h + 1)), (height - h) // 2)
+    left = torch.where(found, torch.floor(corner[:, 1] * (width - w + 1)), (width - w) // 2)
+    top = torch.minimum(top, height - h)     # in case u * (k + 1) rounds up to k + 1
+    left = torch.minimum(left, width - w)
+    return top.long(), left.long(), h.long(), w.long()
+
+
+def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width

@@ -1,0 +1,118 @@
+"""SimCLRAugment: two random views per image, the paper's data augmentation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastclr.augment.engine import apply
+from fastclr.augment.params import AugmentParams, sample_params
+from fastclr.augment.workspace import Workspace
+
+
+class SimCLRAugment:
+    """Two independent random views per image: the paper's data augmentation (Section 3,
+    Appendix A; Figure 5: crop plus colour distortion is the composition that matters).
+
+    Keyword arguments mirror fastclr.config's augment options; `size` is the output side
+    (None: the input's side); `native` as in `apply`. Views are float32 in [0, 1], not
+    normalised.
+    """
+
+    def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
+                 color_strength: float = 0.5, color_p: float = 0.8, gray_p: float = 0.2,
+                 blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                 solarize_p: float = 0.0, native: bool | None = None):
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        if not 0 < crop_ratio[0] <= crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {crop_ratio}")
+        if not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {blur_sigma}")
+        for name, p in (("flip_p", flip_p), ("color_p", color_p), ("gray_p", gray_p),
+                        ("blur_p", blur_p), ("solarize_p", solarize_p)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+        if not 0 <= color_strength <= 2.5:
+            raise ValueError("color_strength must lie in [0, 2.5] (a hue shift of at most "
+                             f"half a turn), got {color_strength}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        self.options = dict(size=size, crop_scale=tuple(crop_scale),
+                            crop_ratio=tuple(crop_ratio), flip_p=flip_p,
+                            color_strength=color_strength, color_p=color_p, gray_p=gray_p,
+                            blur_p=blur_p, blur_sigma=tuple(blur_sigma), solarize_p=solarize_p)
+        self.native = native            # see `apply`
+        self.workspace = Workspace()
+
+    @classmethod
+    def small_images(cls, **overrides) -> "SimCLRAugment":
+        """CIFAR-like images (<= 64 px): no blur, colour strength 0.5, crop area 0.2..1
+        (paper, Appendix B.9)."""
+        return cls(**{"crop_scale": (0.2, 1.0), "color_strength": 0.5, "blur_p": 0.0,
+                      **overrides})
+
+    @classmethod
+    def imagenet(cls, **overrides) -> "SimCLRAugment":
+        """ImageNet-like images: blur with p = 0.5, colour strength 1.0, crop area 0.08..1
+        (paper, Appendix A)."""
+        return cls(**{"crop_scale": (0.08, 1.0), "color_strength": 1.0, "blur_p": 0.5,
+                      **overrides})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"SimCLRAugment({args})"
+
+    def sample_params(self, images: Tensor, generator: torch.Generator,
+                      views: int = 1) -> AugmentParams:
+        """Parameters of `views` views of each image of the batch (view-major order)."""
+        _check_generator(images, generator)
+        n, C, H, W = images.shape
+        return sample_params(generator, views * n, H, W, C, **self.options)
+
+    def __call__(self, images: Tensor, generator: torch.Generator, *,
+                 out: Tensor | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """One random view of each image: uint8 (N, C, H, W) -> float32 (N, C, S, S)."""
+        params = self.sample_params(images, generator)
+        return apply(images, params, out=out, memory_format=memory_format,
+                     workspace=self.workspace, native=self.native)
+
+    def two_views(self, images: Tensor, generator: torch.Generator, *,
+                  out: Tensor | None = None,
+                  memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> tuple[Tensor, Tensor]:
+        """Two independent views of each image, drawn and applied in one batched pass of 2N.
+
+        Both are halves of one (2N, C, S, S) tensor, `out` if given (see `apply`).
+        """
+        both = self.stacked_views(images, generator, out=out, memory_format=memory_format)
+        n = images.shape[0]
+        return both[:n], both[n:]
+
+    def stacked_views(self, images: Tensor, generator: torch.Generator, *,
+                      out: Tensor | None = None,
+                      memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """The two views of each image as one (2N, C, S, S) tensor: rows i and N + i are the
+        two views of image i, ready for one forward pass of the encoder."""
+        params = self.sample_params(images, generator, views=2)
+        return apply(images, params, out=out, memory_format=memory_format,
+                     workspace=self.workspace, native=self.native)
+
+
+def _check_generator(images: Tensor, generator: torch.Generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("pass a torch.Generator: augmentations never use the global RNG")
+    if generator.device.type != images.device.type:
+        raise ValueError(f"the generator is on {generator.device} but the images are on "
+                         f"{images.device}; create it with torch.Generator(device=...)")
+
+
+def augment_from_config(cfg) -> SimCLRAugment:
+    """The training augmentation of a run's config (fastclr.config.Config)."""
+    return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
+                         crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p,
+                         color_strength=cfg.color_strength, color_p=cfg.color_p,
+                         gray_p=cfg.gray_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma,
+                         solarize_p=cfg.solarize_p)

@@ -1,0 +1,14 @@
+"""Evaluation: how good an encoder's features are (SimCLR section 4, section 6, appendix B).
+
+    runner.py      `fastclr eval`: load weights, run the chosen protocols, write report.json
+    protocols.py   the protocols by name (linear, knn, baselines, diagnostics, plots, ...)
+    report.py      report.json merging and the printed table
+    features.py    frozen features h and z, and the proof that the encoder stayed frozen
+    probes.py      the linear probes and the weighted kNN classifier
+    finetune.py    semi-supervised fine-tuning on a fraction of the labels
+    diagnostics.py alignment, uniformity, effective rank, contrastive top-1
+    monitor.py     signals during pretraining: the kNN monitor, the online probe
+    plots.py       the pictures
+    embed.py       features of a whole data set to .npy
+    weights.py     what eval and embed can be pointed at (run folder, export, checkpoint)
+"""

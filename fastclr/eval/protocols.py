@@ -1,0 +1,186 @@
+"""The evaluation protocols by name. A protocol is a function of a `Session` (the weights,
+the labeled train/test splits and cached features) returning flat report entries; top-1/top-5
+values are fractions of the test set in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from fastclr.augment import SimCLRAugment
+from fastclr.augment.pipeline import augment_from_config
+from fastclr.data import ImageSet
+from fastclr.eval.diagnostics import diagnose
+from fastclr.eval.features import extract_features, frozen, pixel_features, project
+from fastclr.eval.finetune import PAPER_EPOCHS, balanced_subset, finetune
+from fastclr.eval.probes import (evaluate_encoder, evaluate_features, knn_table, knn_top1,
+                                 linear_probe, linear_probe_augmented, nearest_neighbours)
+from fastclr.eval.weights import Weights
+from fastclr.models import build_encoder
+
+KNN_KS = (1, 5, 20, 200)
+LINEAR_AUG_EPOCHS = 5  # the paper trains 90 on ImageNet; 5 x 60k views fit a CPU budget
+FINETUNE_BATCH = 128  # the paper's 4096 scaled down for a CPU; lr follows 0.05 x B/256
+DIAGNOSTIC_IMAGES = 2048
+MAP_IMAGES = 2000
+GRID_NEIGHBOURS = 8
+
+
+def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
+    """A freshly initialised encoder of the same architecture and input normalisation
+    (drawn from `seed`, leaving the global random state as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind,
+                              encoder.mean.shape[1], encoder.mean.flatten().tolist(),
+                              encoder.std.flatten().tolist())
+    return fresh.to(encoder.mean.device)
+
+
+def crop_flip_augment(cfg) -> SimCLRAugment:
+    """The light augmentation of linear evaluation and fine-tuning: the run's random resized
+    crop and horizontal flip, no colour, grayscale or blur (appendix B.5)."""
+    return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
+                         crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p, color_p=0.0, gray_p=0.0,
+                         blur_p=0.0)
+
+
+class Session:
+    """What the protocols share: weights, labeled splits, and features computed once."""
+
+    def __init__(self, weights: Weights, train: ImageSet, test: ImageSet, device,
+                 out_dir: Path, seed: int = 0, linear_aug_epochs: int = LINEAR_AUG_EPOCHS,
+                 finetune_epochs: dict[float, int] | None = None):
+        self.weights, self.cfg = weights, weights.cfg
+        self.linear_aug_epochs = linear_aug_epochs
+        self.finetune_epochs = finetune_epochs or PAPER_EPOCHS
+        self.encoder, self.head = weights.encoder, weights.head
+        self.train, self.test = train, test
+        self.device, self.out_dir, self.seed = torch.device(device), out_dir, seed
+        self._h: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._z: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def h(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen-encoder h of the train and test images: (N_train, D), (N_test, D)."""
+        if self._h is None:
+            bs = self.cfg.eval_batch_size
+            size = self.cfg.image_size  # the training resolution (None: the stored size)
+            with frozen(self.encoder):
+                self._h = (extract_features(self.encoder, self.train.images, bs, self.device,
+                                            size),
+                           extract_features(self.encoder, self.test.images, bs, self.device,
+                                            size))
+        return self._h
+
+    def z(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = g(h) of the train and test images, with the frozen head."""
+        if self._z is None:
+            h_train, h_test = self.h()
+            with frozen(self.head):
+                self._z = (project(self.head, h_train), project(self.head, h_test))
+        return self._z
+
+
+def _linear(s: Session) -> dict:
+    h_train, h_test = s.h()
+    probe = linear_probe(h_train, s.train.labels, h_test, s.test.labels, seed=s.seed)
+    out = {"linear_top1": probe["top1"], "linear_top5": probe["top5"],
+           "linear_weight_decay": probe["weight_decay"], "feature_dim": h_train.shape[1]}
+    if s.head is not None:
+        z_train, z_test = s.z()
+        probe = linear_probe(z_train, s.train.labels, z_test, s.test.labels, seed=s.seed)
+        out.update({"linear_z_top1": probe["top1"], "linear_z_top5": probe["top5"],
+                    "linear_z_weight_decay": probe["weight_decay"],
+                    "projection_dim": z_train.shape[1]})
+    return out
+
+
+def _knn(s: Session) -> dict:
+    h_train, h_test = s.h()
+    k, temp = s.cfg.knn_k, s.cfg.knn_temperature
+    table = knn_table(h_train, s.train.labels, h_test, s.test.labels,
+                      sorted(set(KNN_KS) | {k}), temp)
+    out = {"knn_top1": table[k], "knn_k": k, "knn_temperature": temp,
+           "knn_table": {str(kk): table[kk] for kk in KNN_KS}}
+    if s.head is not None:
+        z_train, z_test = s.z()
+        out["knn_z_top1"] = knn_top1(z_train, s.train.labels, z_test, s.test.labels, k, temp)
+    return out
+
+
+def _baselines(s: Session) -> dict:
+    cfg = s.cfg
+    rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
+                            s.device, cfg.eval_batch_size, cfg.knn_k, cfg.knn_temperature,
+                            cfg.image_size)
+    pix = evaluate_features(pixel_features(s.train.images).to(s.device), s.train.labels,
+                            pixel_features(s.test.images).to(s.device), s.test.labels,
+                            cfg.knn_k, cfg.knn_temperature)
+    return {"random_init_linear_top1": rand["linear_top1"],
+            "random_init_knn_top1": rand["knn_top1"],
+            "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
+
+
+def _diagnostics(s: Session) -> dict:
+    images = s.test.images[:DIAGNOSTIC_IMAGES]
+    return diagnose(s.encoder, images, augment_from_config(s.cfg), s.head,
+                    task_batch=s.cfg.batch_size, seed=s.seed,
+                    batch_size=s.cfg.eval_batch_size, device=s.device)
+
+
+def _plots(s: Session) -> dict:
+    from fastclr.eval import plots
+
+    written = []
+    metrics = s.weights.run_dir / "metrics.jsonl" if s.weights.run_dir else None
+    if metrics is not None and metrics.is_file():
+        plots.plot_training_curves(plots.read_metrics(metrics), s.out_dir / "training_curves.png")
+        written.append("training_curves.png")
+    h_train, h_test = s.h()
+    g = torch.Generator().manual_seed(s.seed)
+    pick = torch.randperm(len(h_test), generator=g)[:MAP_IMAGES]
+    xy = plots.tsne_map(h_test[pick], s.seed)
+    plots.plot_embedding_map(xy, s.test.labels[pick], s.test.classes,
+                             s.out_dir / "embedding_map.png")
+    written.append("embedding_map.png")
+    # one query per class: the first test image of each class (a fixed, readable choice)
+    labels = s.test.labels
+    queries = torch.stack([(labels == c).nonzero()[0, 0] for c in torch.unique(labels)])
+    sim, idx = nearest_neighbours(h_train, h_test[queries], GRID_NEIGHBOURS)  # (Q, K)
+    idx = idx.cpu()
+    plots.plot_neighbour_grid(s.test.images[queries], s.train.images[idx], labels[queries],
+                              s.train.labels[idx], s.test.classes,
+                              s.out_dir / "nearest_neighbours.png", sim.cpu())
+    written.append("nearest_neighbours.png")
+    return {"plots": written}
+
+
+def _linear_aug(s: Session) -> dict:
+    cfg = s.cfg
+    res = linear_probe_augmented(s.encoder, s.train.images, s.train.labels, s.test.images,
+                                 s.test.labels, crop_flip_augment(cfg),
+                                 epochs=s.linear_aug_epochs, seed=s.seed, device=s.device,
+                                 eval_batch_size=cfg.eval_batch_size)
+    return {"linear_aug_top1": res["top1"], "linear_aug_top5": res["top5"],
+            "linear_aug_epochs": res["epochs"], "linear_aug_lr": res["lr"]}
+
+
+def _finetune(s: Session) -> dict:
+    out = {}
+    for fraction, epochs in s.finetune_epochs.items():
+        name = f"finetune_{round(100 * fraction)}pct"
+        idx = balanced_subset(s.train.labels, fraction, s.seed)
+        res = finetune(s.encoder, s.train.images[idx], s.train.labels[idx], s.test.images,
+                       s.test.labels, crop_flip_augment(s.cfg), epochs, FINETUNE_BATCH,
+                       seed=s.seed, device=s.device, eval_batch_size=s.cfg.eval_batch_size)
+        out.update({f"{name}_top1": res["top1"], f"{name}_top5": res["top5"],
+                    f"{name}_images": res["images"], f"{name}_epochs": res["epochs"],
+                    f"{name}_lr": res["lr"]})
+    return out
+
+
+RUNNERS = {"linear": _linear, "knn": _knn, "baselines": _baselines,
+           "diagnostics": _diagnostics, "plots": _plots, "linear-aug": _linear_aug,
+           "finetune": _finetune}

@@ -1,0 +1,67 @@
+"""report.json: merging a new evaluation into an earlier one, and the printed table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def previous_report(out_dir: Path, step) -> dict:
+    try:
+        old = json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) and old.get("encoder_step") == step else {}
+
+
+def _pct(report: dict, key: str) -> str:
+    return f"{100 * report[key]:.2f}%" if isinstance(report.get(key), (int, float)) else "-"
+
+
+def format_report(report: dict) -> str:
+    """A readable summary of report.json (whatever protocols it holds)."""
+    lines = []
+    rows = [("trained encoder, h", "linear_top1", "linear_top5", "knn_top1"),
+            ("trained encoder, z = g(h)", "linear_z_top1", "linear_z_top5", "knn_z_top1"),
+            ("linear on crop+flip views, h", "linear_aug_top1", "linear_aug_top5", None),
+            ("random-init encoder, h", "random_init_linear_top1", None, "random_init_knn_top1"),
+            ("raw pixels", "pixels_linear_top1", None, "pixels_knn_top1")]
+    if any(r[1] in report for r in rows):
+        lines.append(f"{'':30}{'linear top-1':>13}{'linear top-5':>13}{'kNN top-1':>11}")
+        for label, top1, top5, knn in rows:
+            if top1 in report or (knn and knn in report):
+                lines.append(f"{label:30}{_pct(report, top1):>13}"
+                             f"{_pct(report, top5) if top5 else '-':>13}"
+                             f"{_pct(report, knn) if knn else '-':>11}")
+        if "linear_z_top1" in report and "linear_top1" in report:
+            gap = 100 * (report["linear_top1"] - report["linear_z_top1"])
+            lines.append(f"h - z (linear): {gap:+.2f} points (paper, section 4.2: h beats z "
+                         "by more than 10)")
+    if "knn_table" in report:
+        cells = "  ".join(f"k={k}: {100 * v:.2f}%" for k, v in report["knn_table"].items())
+        lines.append(f"kNN on h (cosine, weighted, T={report.get('knn_temperature', 0.1):g}): "
+                     f"{cells}")
+    for pct in (1, 10):
+        key = f"finetune_{pct}pct"
+        if f"{key}_top1" in report:
+            lines.append(f"fine-tuned on {pct}% of the labels ({report[f'{key}_images']} "
+                         f"images, {report[f'{key}_epochs']} epochs): top-1 "
+                         f"{_pct(report, key + '_top1')}, top-5 {_pct(report, key + '_top5')}")
+    if "alignment_h" in report:
+        spaces = [s for s in ("h", "z") if f"alignment_{s}" in report]
+        lines.append(f"diagnostics on {report['diagnostics_images']} augmented test pairs"
+                     + "".join(f"{s:>10}" for s in spaces))
+        for label, key, fmt in (("  alignment (0 = views agree)", "alignment", "{:.3f}"),
+                                ("  uniformity (lower = spread)", "uniformity", "{:.3f}"),
+                                ("  effective rank", "effective_rank", "{:.1f}"),
+                                ("  feature dimension", "dim", "{}"),
+                                (f"  contrastive top-1 (batch {report['contrastive_batch']})",
+                                 "contrastive_top1", "{:.2%}")):
+            lines.append(f"{label:44}" + "".join(
+                f"{fmt.format(report[f'{key}_{s}']):>10}" for s in spaces))
+    if report.get("plots"):
+        lines.append("pictures: " + ", ".join(report["plots"]))
+    if report.get("seconds"):
+        lines.append("seconds per protocol: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in report["seconds"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""`fastclr eval`: run the chosen protocols on one encoder, time each, write report.json.
+
+A protocol is a function of a `Session` (the weights, the labeled train/test splits and
+cached features) returning flat report entries. Top-1/top-5 values are fractions of the test
+set in [0, 1]; report.json keeps them so, the printed table shows percent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fastclr.checkpoint import atomic_write
+from fastclr.data import ImageSet, get_spec, load_split
+from fastclr.errors import ConfigError, DataError
+from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, RUNNERS, Session
+from fastclr.eval.report import previous_report
+from fastclr.eval.weights import Weights, load_weights
+
+# every protocol, in the order they run (`fastclr eval --help` describes each)
+PROTOCOLS = ("linear", "knn", "baselines", "diagnostics", "plots", "linear-aug", "finetune")
+FAST = ("linear", "knn", "baselines", "diagnostics", "plots")
+
+
+def parse_protocols(text: str | None) -> tuple[str, ...]:
+    """'fast' (default), 'all', or a comma list of protocol names -> names in canonical order."""
+    names: set[str] = set()
+    for part in (text or "fast").split(","):
+        part = part.strip()
+        if part == "fast":
+            names.update(FAST)
+        elif part == "all":
+            names.update(PROTOCOLS)
+        elif part in PROTOCOLS:
+            names.add(part)
+        else:
+            raise ConfigError(f"unknown protocol {part!r}; known: fast, all, "
+                              f"{', '.join(PROTOCOLS)}")
+    return tuple(p for p in PROTOCOLS if p in names)
+
+
+def require_labels(cfg) -> None:
+    """Refuse, before any work or any file, a data set without labels."""
+    if not get_spec(cfg.data).labeled:
+        raise DataError(f"{cfg.data} has no labels, so it cannot be evaluated; use "
+                        "`fastclr embed` to export its features")
+
+
+def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
+    require_labels(cfg)
+    spec = get_spec(cfg.data)
+    size = cfg.image_size  # folder sets decode at the training resolution
+    train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download, size=size)
+    test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download, size=size)
+    if train.labels is None or test.labels is None:
+        raise DataError(f"{cfg.data} has no labels, so it cannot be evaluated; use "
+                        "`fastclr embed` to export its features")
+    return train, test
+
+
+def default_out_dir(weights: Weights) -> Path:
+    """A run folder reports into itself; a weights file into eval-<name>/ beside it."""
+    if weights.kind == "run":
+        return weights.path
+    return weights.path.parent / f"eval-{weights.path.stem}"
+
+
+def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=None,
+                     seed: int = 0, progress=None, linear_aug_epochs: int | None = None,
+                     finetune_epochs: dict[float, int] | None = None) -> dict:
+    """Run the evaluation `protocols` (SimCLR section 4, section 6, appendix B) on loaded
+    weights; merge the results into out_dir/report.json and return them.
+
+    `finetune_epochs` maps label fractions to epochs (default: the paper's 1% -> 60,
+    10% -> 30); `progress(line)` is called after each protocol.
+
+    Entries of an earlier report.json of the same encoder step are kept, so protocols can be
+    run one at a time; a report of another step is replaced.
+    """
+    device = torch.device(device)
+    cfg = weights.cfg
+    train, test = _labeled_splits(cfg)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    channels = weights.encoder.mean.shape[1]
+    if train.images.shape[1] != channels:
+        raise DataError(f"{cfg.data} has {train.images.shape[1]}-channel images; the encoder "
+                        f"takes {channels}")
+    report = previous_report(out_dir, weights.step)
+    report.update({"data": cfg.data, "arch": weights.encoder.arch,
+                   "width": weights.encoder.width, "encoder_step": weights.step,
+                   "weights": str(weights.path), "head_known": weights.head is not None,
+                   "eval_train_images": len(train), "eval_test_images": len(test),
+                   "seed": seed})
+    if weights.kind == "run":
+        report["epochs"] = cfg.epochs
+    seconds = report.setdefault("seconds", {})
+    session = Session(weights, train, test, device, out_dir, seed,
+                      linear_aug_epochs or LINEAR_AUG_EPOCHS, finetune_epochs)
+    start = time.perf_counter()
+    for name in protocols:
+        t0 = time.perf_counter()
+        report.update(RUNNERS[name](session))
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        if progress is not None:
+            progress(f"  {name}: {seconds[name]:.1f} s")
+    report["eval_seconds"] = round(time.perf_counter() - start, 2)
+    train_time = (weights.run_dir / "train_time.json") if weights.run_dir else None
+    if train_time is not None and train_time.is_file():
+        try:
+            report["train_seconds"] = json.loads(train_time.read_text())["train_seconds"]
+        except (ValueError, KeyError):
+            pass
+    blob = json.dumps(report, indent=2).encode()
+    atomic_write(out_dir / "report.json", lambda f: f.write(blob))
+    return report
+
+
+def evaluate_run(path, device="cpu", protocols=FAST, data=None, data_dir=None, out_dir=None,
+                 seed: int = 0, progress=None) -> dict:
+    """Load a run folder, encoder .safetensors or checkpoint .pt and evaluate it."""
+    weights = load_weights(path, data, data_dir, device)
+    return evaluate_weights(weights, protocols, device, out_dir, seed, progress)

@@ -1,0 +1,147 @@
+"""One training step, and the Run that holds what it needs (SimCLR algorithm 1).
+
+One step: a batch of uint8 images on the device -> two per-sample random views -> one forward
+of f and g on all 2N views -> NT-Xent over the global batch -> backward -> optimiser. The step
+never reads a tensor on the host: a non-finite loss is turned into a skipped optimiser step on
+the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from fastclr import distributed
+from fastclr.augment import SimCLRAugment
+from fastclr.augment.pipeline import augment_from_config
+from fastclr.config import Config
+from fastclr.data import Pretrain, pretrain_batches
+from fastclr.data.batches import InMemoryBatches, StreamingBatches
+from fastclr.eval.monitor import OnlineProbe
+from fastclr.loss import nt_xent
+from fastclr.models import SimCLR, channels_last_ok, model_from_config
+from fastclr.optim import build_optimizer, lr_at, peak_lr
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The augmentation seed of one step on one process: randomness is a function of the step,
+    so a resumed run draws exactly the views the uninterrupted run would have drawn."""
+    return (seed * 2**52 + rank * 2**32 + step) % 2**64
+
+
+class BufferGuard:
+    """Keeps BN running statistics of a step whose loss was not finite from being kept.
+
+    BN updates its running mean/var in the forward pass, before the loss is known; a skipped
+    step must not leave NaN statistics behind. Restoring is branch-free (no host sync).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [b for b in model.buffers() if b.dtype != torch.bool]
+        self.saved = [b.clone() for b in self.buffers]
+
+    def save(self) -> None:
+        for s, b in zip(self.saved, self.buffers):
+            s.copy_(b)
+
+    def restore_if(self, bad: torch.Tensor) -> None:
+        for b, s in zip(self.buffers, self.saved):
+            b.copy_(torch.where(bad, s, b))
+
+
+@dataclass
+class Run:
+    """What the loop needs, built once: used by train() and by tests that drive single steps."""
+
+    cfg: Config
+    ctx: distributed.Context
+    model: SimCLR  # the plain module: what checkpoints hold
+    forward: nn.Module  # what the step calls: maybe DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    augment: SimCLRAugment
+    batches: InMemoryBatches | StreamingBatches
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    generator: torch.Generator
+    autocast: bool
+    guard: BufferGuard
+    channels_last: bool
+    views: torch.Tensor | None = None  # the augmentation's output buffer, reused
+    probe: OnlineProbe | None = None  # optional linear probe on stop-gradient h
+
+    def train_step(self, images: torch.Tensor, step: int, labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
+        `labels` (n,) of the images feed the online probe, if there is one."""
+        cfg, device = self.cfg, self.ctx.device
+        lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
+        self.guard.save()
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
+        # both; written into the same buffer every step (fresh pages cost more than the maths)
+        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
+        self.views = x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
+            n = len(images)
+            loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
+        bad = ~torch.isfinite(loss.detach())
+        if self.ctx.world_size > 1:  # every process must skip the same steps
+            bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.found_inf = bad.float()
+        self.optimizer.step()
+        self.guard.restore_if(bad)
+        if self.probe is not None and labels is not None:
+            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
+        return loss.detach(), bad
+
+
+def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
+    torch.manual_seed(cfg.seed)  # same initial weights on every process
+    model = model_from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std)
+    if ctx.world_size > 1 and cfg.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, ctx.device)
+    model = model.to(ctx.device)
+    channels_last = channels_last_ok(model, ctx.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = model
+    if ctx.world_size > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
+                                cfg.trust_coefficient)
+    batches = pretrain_batches(pretrain, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size,
+                               ctx.device, cfg.num_workers)
+    total = cfg.epochs * batches.steps_per_epoch
+    warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
+    precision = cfg.precision if cfg.precision != "auto" else (
+        "bf16" if ctx.device.type == "cuda" else "fp32")
+    return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg), batches, total,
+               warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
+               torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
+               channels_last)
+
+
+def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
+    """Everything an exact resume needs. The data order and the views are functions of (seed,
+    epoch) and (seed, step, rank), so they need no saved generator; the global RNG is saved
+    for anything else that draws from it."""
+    return {"step": step, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(), **extra}
+
+
+def all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point())
