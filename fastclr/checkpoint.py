@@ -18,7 +18,7 @@ import torch
 
 from fastclr.errors import CheckpointError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the model spec inside, encoder weights under encoder.backbone.*
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -81,11 +81,40 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except Exception as e:  # pickle, zip and unsafe-type errors all mean "not a checkpoint"
         raise CheckpointError(f"{path} is not a readable fastclr checkpoint "
                               f"({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("schema") != SCHEMA_VERSION:
-        found = state.get("schema") if isinstance(state, dict) else None
+    found = state.get("schema") if isinstance(state, dict) else None
+    if found == 1:
+        return _upgrade_schema_1(state, path)
+    if found != SCHEMA_VERSION:
         raise CheckpointError(f"{path} has checkpoint schema {found}; this fastclr reads "
-                              f"schema {SCHEMA_VERSION}")
+                              f"schemas 1 and {SCHEMA_VERSION}")
     return state
+
+
+def _upgrade_schema_1(state: dict, path: Path) -> dict:
+    """fastclr 0.1's checkpoints: no spec (it follows from the config and the input statistics)
+    and the encoder's layers at encoder.* instead of encoder.backbone.*."""
+    from fastclr.config import config_from_dict
+    from fastclr.spec import ModelSpec
+    try:
+        cfg = config_from_dict(state["config"])
+        model = state["model"]
+        mean, std = model["encoder.mean"].flatten().tolist(), model["encoder.std"].flatten().tolist()
+        spec = ModelSpec.from_config(cfg, len(mean), mean, std)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} is a damaged fastclr 0.1 checkpoint ({e})") from None
+    # the optimiser's state is by parameter position, which did not change
+    return dict(state, schema=SCHEMA_VERSION, model=legacy_encoder_keys(model, "encoder."),
+                spec=spec.to_dict())
+
+
+def legacy_encoder_keys(tensors: dict, prefix: str = "") -> dict:
+    """Move a fastclr 0.1 encoder's layers under `backbone.` (mean and std stay)."""
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix) and key[len(prefix):] not in ("mean", "std"):
+            key = f"{prefix}backbone.{key[len(prefix):]}"
+        out[key] = value
+    return out
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -121,12 +150,30 @@ def prune_checkpoints(run_dir: Path, keep: int, protect: Path | None = None) -> 
 
 
 def export_encoder(encoder: torch.nn.Module, path: Path, meta: dict) -> None:
-    """Save encoder f (no head) as safetensors, with what rebuilding it needs as metadata."""
+    """Save encoder f (no head) as safetensors; its spec and `meta` (the training config, the
+    step) go into the metadata, from which `load_encoder` rebuilds it."""
     from safetensors.torch import save
 
+    from fastclr.spec import encoder_spec_dict
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    blob = save(tensors, metadata={"fastclr": json.dumps(meta)})
+    info = {"format": 2, "spec": encoder_spec_dict(encoder.spec), **meta}
+    blob = save(tensors, metadata={"fastclr": json.dumps(info)})
     atomic_write(Path(path), lambda f: f.write(blob))
+
+
+def encoder_metadata(path: str | Path) -> dict:
+    """The fastclr metadata of an exported encoder (spec, step, training config)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {})["fastclr"])
+    except FileNotFoundError:
+        raise CheckpointError(f"encoder file {path} does not exist") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a fastclr encoder export ({e})") from None
 
 
 def load_encoder(path: str | Path, device="cpu") -> torch.nn.Module:
@@ -134,21 +181,19 @@ def load_encoder(path: str | Path, device="cpu") -> torch.nn.Module:
 
     It takes float images in [0, 1], shape (N, C, H, W), and returns h (N, feat_dim).
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from fastclr.models import build_encoder
+    from fastclr.spec import EncoderSpec, encoder_spec_from_dict
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["fastclr"])
-        tensors = load_file(str(path), device=str(device))
-    except FileNotFoundError:
-        raise CheckpointError(f"encoder file {path} does not exist") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a fastclr encoder export ({e})") from None
-    encoder = build_encoder(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
-                            meta["mean"], meta["std"])
+    meta = encoder_metadata(path)
+    tensors = load_file(str(path), device=str(device))
+    if "spec" in meta:
+        spec = encoder_spec_from_dict(meta["spec"])
+    else:  # fastclr 0.1: the spec's fields at the top level, layers without `backbone.`
+        spec = EncoderSpec(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
+                           tuple(meta["mean"]), tuple(meta["std"]))
+        tensors = legacy_encoder_keys(tensors)
+    encoder = build_encoder(spec)
     encoder.load_state_dict(tensors)
     return encoder.to(device).eval()

@@ -18,14 +18,21 @@ from pathlib import Path
 import yaml
 
 from fastclr.errors import ConfigError
+from fastclr.registry import BACKBONES, HEADS, OPTIMIZERS
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 GROUPS = ("data", "augment", "model", "optim", "train", "eval")
+# groups whose every option changes what a run learns (its identity); elsewhere, options say so
+IDENTITY_GROUPS = ("augment", "model", "optim")
 
 
-def _opt(default, help: str, group: str, choices: tuple | None = None, **kw):
-    meta = {"help": help, "group": group, "choices": choices, **kw}
+def _opt(default, help: str, group: str, choices=None, identity: bool | None = None, **kw):
+    """An option. `identity`: whether it changes what is learned (default: by its group), so
+    that a run folder made with one value cannot be resumed with another; `choices` a tuple or
+    a fastclr.registry.Registry."""
+    identity = group in IDENTITY_GROUPS if identity is None else identity
+    meta = {"help": help, "group": group, "choices": choices, "identity": identity, **kw}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -36,13 +43,15 @@ class Config:
     # ---- data ------------------------------------------------------------------------------
     data: str = _opt("fashion-mnist", "data set to pretrain on: a registered name (see "
                      "`fastclr data`), folder:PATH for your own images (unlabeled) or "
-                     "imagefolder:PATH for PATH/train/<class>/*, PATH/val/<class>/*", "data")
+                     "imagefolder:PATH for PATH/train/<class>/*, PATH/val/<class>/*", "data",
+                     identity=True)
     data_dir: str | None = _opt(None, "directory holding the data set's files in their official "
                                 "format; default: the known system and cache locations", "data")
     download: bool = _opt(False, "download the data set through torchvision if it is missing "
                           "(needs a network)", "data")
     image_size: int | None = _opt(None, "side of the square training views in pixels; default: "
-                                  "the data set's own (28 for Fashion-MNIST)", "data", low=8)
+                                  "the data set's own (28 for Fashion-MNIST)", "data", low=8,
+                                  identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
                             low=0)
 
@@ -66,16 +75,15 @@ class Config:
                              "0.2 on one view)", "augment", prob=True)
 
     # ---- model -----------------------------------------------------------------------------
-    arch: str = _opt("resnet18", "encoder f: resnet18, resnet34 or resnet50", "model",
-                     choices=("resnet18", "resnet34", "resnet50"))
+    arch: str = _opt("resnet18", "encoder f, a backbone by name", "model", choices=BACKBONES)
     width: float = _opt(1.0, "width multiplier of every ResNet layer (paper: 1, 2, 4; 0.25 "
                         "for a fast CPU run)", "model", low=0.0625, high=8.0)
     stem: str = _opt("small", "first layers: small (3x3 conv stride 1, no max-pool; images "
                      "<= 64 px), small-s2 (3x3 conv stride 2: 4x cheaper, for CPUs) or imagenet "
                      "(7x7 stride 2 + max-pool)", "model",
                      choices=("small", "small-s2", "imagenet"))
-    head: str = _opt("nonlinear", "projection head g: none, linear or nonlinear (MLP; the "
-                     "paper's best)", "model", choices=("none", "linear", "nonlinear"))
+    head: str = _opt("nonlinear", "projection head g (nonlinear: the paper's best, section "
+                     "4.2)", "model", choices=HEADS)
     head_layers: int = _opt(2, "linear layers in the nonlinear head (SimCLR: 2, SimCLRv2: 3)",
                             "model", low=2, high=8)
     head_hidden: int | None = _opt(None, "hidden width of the head; default: the encoder's "
@@ -83,8 +91,7 @@ class Config:
     proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1)
 
     # ---- optimisation ----------------------------------------------------------------------
-    optimizer: str = _opt("lars", "lars (the paper's), sgd or adamw", "optim",
-                          choices=("lars", "sgd", "adamw"))
+    optimizer: str = _opt("lars", "optimiser (lars: the paper's)", "optim", choices=OPTIMIZERS)
     lr_rule: str = _opt("sqrt", "peak lr from the global batch B: sqrt (base_lr*sqrt(B), "
                         "base 0.075; better for small B), linear (base_lr*B/256, base 0.3) or "
                         "constant (base_lr)", "optim", choices=("sqrt", "linear", "constant"))
@@ -99,21 +106,24 @@ class Config:
                                 "(paper: 10)", "optim", low=0.0)
 
     # ---- training --------------------------------------------------------------------------
-    epochs: int = _opt(100, "pretraining epochs (paper: 100-1000; more helps)", "train", low=1)
+    epochs: int = _opt(100, "pretraining epochs (paper: 100-1000; more helps)", "train", low=1,
+                       identity=True)
     batch_size: int = _opt(256, "global batch of images (each gives 2 views); split over "
-                           "processes (paper: 4096; 256-1024 on one GPU)", "train", low=2)
+                           "processes (paper: 4096; 256-1024 on one GPU)", "train", low=2,
+                           identity=True)
     temperature: float = _opt(0.5, "NT-Xent temperature tau (paper: 0.1 at batch 4096, 0.5 on "
-                              "CIFAR)", "train", low=1e-3, high=10.0)
+                              "CIFAR)", "train", low=1e-3, high=10.0,
+                              identity=True)
     seed: int = _opt(0, "random seed of initialisation, data order and augmentations", "train",
-                     low=0)
+                     low=0, identity=True)
     device: str = _opt("auto", "auto (cuda when present), cpu, cuda or cuda:N", "train")
     precision: str = _opt("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16; "
                           "the loss's logits are always fp32", "train",
-                          choices=("auto", "fp32", "bf16"))
+                          choices=("auto", "fp32", "bf16"), identity=True)
     compile: bool = _opt(False, "torch.compile the model (pays on GPU for long runs; slower "
                          "on CPU)", "train")
     sync_bn: bool = _opt(True, "global batch norm (SyncBatchNorm) when more than one process",
-                         "train")
+                         "train", identity=True)
     deterministic: bool = _opt(False, "deterministic kernels: a resumed run repeats the "
                                "uninterrupted one exactly (slower on GPU)", "train")
     threads: int | None = _opt(None, "CPU threads for torch; default: torch's choice", "train",
@@ -122,6 +132,10 @@ class Config:
                                "runs/<preset name>", "train")
     resume: str = _opt("auto", "auto (continue from the run folder's last checkpoint if any), "
                        "never (refuse a folder that has one) or a checkpoint path", "train")
+    allow_change: str | None = _opt(None, "comma list of training options that may differ from "
+                                    "the run folder's on resume (refused otherwise), e.g. "
+                                    "epochs to train a finished run longer; recorded in "
+                                    "run.json", "train")
     log_every: int = _opt(20, "steps between progress updates and metrics.jsonl lines", "train",
                           low=1)
     checkpoint_every: int = _opt(500, "steps between checkpoints (one is always written at the "
@@ -161,7 +175,7 @@ class Config:
             meta = f.metadata
             if value is None:
                 continue
-            if meta.get("choices") and value not in meta["choices"]:
+            if meta.get("choices") is not None and value not in meta["choices"]:
                 raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}; "
                                   f"got {value!r}")
             values = value if isinstance(value, tuple) else (value,)
@@ -185,11 +199,19 @@ class Config:
             raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        for name in self.allowed_changes:
+            if name not in _HINTS or name == "name":
+                raise _unknown(name)
         if not (self.data.startswith(("folder:", "imagefolder:"))
                 or self.data.replace("-", "").isalnum()):
             raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
                               f"got {self.data!r}")
         return self
+
+    @property
+    def allowed_changes(self) -> tuple[str, ...]:
+        """The option names of `allow_change`."""
+        return tuple(n.strip() for n in (self.allow_change or "").split(",") if n.strip())
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -202,6 +224,12 @@ def _plain(value):
 def options() -> list[dataclasses.Field]:
     """The user-settable options, in declaration order."""
     return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+
+
+def identity_options() -> list[str]:
+    """The options that change what a run learns: a run folder is made with one value of each
+    (data, augmentation, model, loss, optimiser, schedule, batch, seed, precision)."""
+    return [f.name for f in options() if f.metadata["identity"]]
 
 
 _HINTS = typing.get_type_hints(Config)
@@ -332,16 +360,25 @@ def read_yaml(path: Path) -> dict:
 
 def load_config(config: str | None = None, overrides: dict | None = None,
                 text_overrides: dict[str, str] | None = None) -> Config:
-    """Defaults <- preset/YAML file <- `overrides` (typed) <- `text_overrides` (CLI strings)."""
-    values: dict = {}
+    """Defaults <- preset/YAML file <- `overrides` (typed) <- `text_overrides` (CLI strings).
+
+    The config's name, and with it the default run folder runs/<name>, is the preset's (or
+    the YAML file's; a run's own config.yaml, given back, keeps the run's name), followed by
+    each option that changes what is learned and that the overrides set to another value
+    (`_temperature=0.5`): a variant never lands in the folder of the preset's run.
+    """
+    base: dict = {}
     name = "custom"
     if config is not None:
         path = resolve_preset(config)
-        name = path.stem
-        for key, value in read_yaml(path).items():
-            if not isinstance(key, str) or key not in _HINTS or key == "name":
+        raw = read_yaml(path)
+        name = _name_text(raw.get("name", path.stem))
+        for key, value in raw.items():
+            if not isinstance(key, str) or key not in _HINTS:
                 raise _unknown(str(key))
-            values[key] = coerce(key, value)
+            if key != "name":
+                base[key] = coerce(key, value)
+    values = dict(base)
     for key, value in (overrides or {}).items():
         if key not in _HINTS or key == "name":
             raise _unknown(key)
@@ -350,7 +387,32 @@ def load_config(config: str | None = None, overrides: dict | None = None,
         if key not in _HINTS or key == "name":
             raise _unknown(key)
         values[key] = coerce(key, value, from_text=True)
-    return Config(name=name, **values).validate()
+    cfg = Config(name=name, **values).validate()
+    reference = Config(name=name, **base)
+    changed = [k for k in identity_options() if getattr(cfg, k) != getattr(reference, k)]
+    return dataclasses.replace(cfg, name=name + variant_suffix(cfg, changed))
+
+
+def variant_suffix(cfg: Config, names: list[str], limit: int = 100) -> str:
+    """`_temperature=0.5_seed=1`: readable, safe in a path, and short (a hash past `limit`)."""
+    def text(value) -> str:
+        if isinstance(value, tuple):
+            return ",".join(f"{v:g}" for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    suffix = "".join(f"_{k}={text(getattr(cfg, k))}" for k in names)
+    suffix = "".join(c if c.isalnum() or c in "._=,+-" else "-" for c in suffix)
+    if len(suffix) > limit:
+        import hashlib
+        suffix = suffix[:limit - 9] + "-" + hashlib.sha1(suffix.encode()).hexdigest()[:8]
+    return suffix
+
+
+def _name_text(value) -> str:
+    text = str(value).strip()
+    if not text or "/" in text or text in (".", ".."):
+        raise ConfigError(f"name must be a plain folder name, got {value!r}")
+    return text
 
 
 def config_from_dict(raw: dict) -> Config:

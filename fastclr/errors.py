@@ -15,3 +15,7 @@ class DataError(FastclrError):
 
 class CheckpointError(FastclrError):
     """A checkpoint that cannot be written, read, or resumed with this config."""
+
+
+class RunFolderError(FastclrError):
+    """A run folder in use by another process, or made with other training options."""

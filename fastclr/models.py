@@ -1,9 +1,10 @@
-"""The encoder f (a ResNet, by name), the projection head g, and SimCLR = g(f(x)).
+"""The encoder f, the projection head g, and SimCLR = g(f(x)), built from a ModelSpec.
 
-The ResNets are built from torchvision's own residual blocks; what this module adds is the
-small-image stem (a 3x3 stride-1 conv and no max-pool, as the paper does for CIFAR-10,
-appendix B.9), a width multiplier for every layer (the paper's 2x and 4x ResNet-50), and input
-normalisation inside the encoder so that an exported encoder takes plain [0, 1] images.
+An `Encoder` normalises its [0, 1] input with the data set's statistics and runs a backbone
+chosen by name (fastclr.registry.BACKBONES). The ResNets are built from torchvision's own
+residual blocks; what this module adds is the small-image stem (a 3x3 stride-1 conv and no
+max-pool, as the paper does for CIFAR-10, appendix B.9) and a width multiplier for every layer
+(the paper's 2x and 4x ResNet-50).
 """
 
 from __future__ import annotations
@@ -12,41 +13,25 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-BACKBONES: dict[str, tuple[type, tuple[int, int, int, int]]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-}
+from fastclr.registry import BACKBONES, HEADS
+from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 
 STEMS = ("small", "small-s2", "imagenet")
 
 
-def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
-
-
 class ResNet(nn.Module):
-    """ResNet encoder f: images (N, C, H, W) in [0, 1] -> h, the pooled features (N, feat_dim).
+    """ResNet backbone: normalised images (N, C, H, W) -> pooled features (N, feat_dim).
 
     He et al. (2016) with torchvision's blocks; `width` multiplies every layer's channels
     (SimCLR section 4: "unsupervised learning benefits more from bigger models").
     """
 
-    def __init__(self, arch: str = "resnet18", width: float = 1.0, stem: str = "small",
-                 in_channels: int = 3, mean=None, std=None, zero_init_residual: bool = True):
+    def __init__(self, block: type, layers: tuple[int, int, int, int], width: float = 1.0,
+                 stem: str = "small", in_channels: int = 3, zero_init_residual: bool = True):
         super().__init__()
-        if arch not in BACKBONES:
-            raise ValueError(f"unknown backbone {arch!r}; known: {', '.join(list_backbones())}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
-        block, layers = BACKBONES[arch]
-        self.arch, self.width, self.stem_kind = arch, width, stem
         planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
-        mean = [0.0] * in_channels if mean is None else list(mean)
-        std = [1.0] * in_channels if std is None else list(std)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -89,43 +74,74 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)  # (N, feat_dim)
 
 
+def resnet18(spec: EncoderSpec) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), spec.width, spec.stem, spec.in_channels)
+
+
+def resnet34(spec: EncoderSpec) -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels)
+
+
+def resnet50(spec: EncoderSpec) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels)
+
+
+class Encoder(nn.Module):
+    """f: images (N, C, H, W) in [0, 1] -> h (N, feat_dim): normalisation, then the backbone.
+
+    `spec` rebuilds it (`build_encoder(encoder.spec)` is a fresh one of the same shape).
+    """
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = BACKBONES.get(spec.arch)(spec)
+        self.feat_dim = self.backbone.feat_dim
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+
+def nonlinear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
+    """The paper's MLP: (Linear-BN-ReLU) x (layers - 1), then Linear (SimCLRv2: layers = 3)."""
+    hidden = spec.hidden or in_dim
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(spec.layers - 1):
+        # bias is redundant before BN
+        layers += [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden),
+                   nn.ReLU(inplace=True)]
+        dim = hidden
+    layers.append(nn.Linear(dim, spec.out_dim))
+    return nn.Sequential(*layers)
+
+
+def linear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
+    return nn.Linear(in_dim, spec.out_dim)
+
+
+def identity_head(spec: HeadSpec, in_dim: int) -> nn.Module:
+    return nn.Identity()
+
+
 class ProjectionHead(nn.Module):
     """g: h -> z, where the contrastive loss is applied (SimCLR section 4.2).
 
-    kind "nonlinear" is the paper's MLP, Linear-BN-ReLU-Linear (num_layers=2; SimCLRv2 uses 3);
-    "linear" one Linear; "none" the identity. The paper finds nonlinear > linear (+3%) >
-    none (>10%), and h better than z for downstream use.
+    The paper finds nonlinear > linear (+3%) > none (>10%), and h better than z downstream.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128,
-                 kind: str = "nonlinear", num_layers: int = 2):
+    def __init__(self, spec: HeadSpec, in_dim: int):
         super().__init__()
-        hidden_dim = hidden_dim or in_dim
-        if kind == "none":
-            self.net = nn.Identity()
-            self.out_dim = in_dim
-        elif kind == "linear":
-            self.net = nn.Linear(in_dim, out_dim)
-            self.out_dim = out_dim
-        elif kind == "nonlinear":
-            layers: list[nn.Module] = []
-            dim = in_dim
-            for _ in range(num_layers - 1):
-                # bias is redundant before BN
-                layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                           nn.ReLU(inplace=True)]
-                dim = hidden_dim
-            layers.append(nn.Linear(dim, out_dim))
-            self.net = nn.Sequential(*layers)
-            self.out_dim = out_dim
-        else:
-            raise ValueError(f"unknown head {kind!r}; known: none, linear, nonlinear")
+        self.spec = spec
+        self.net = HEADS.get(spec.kind)(spec, in_dim)
+        self.out_dim = in_dim if spec.kind == "none" else spec.out_dim
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
@@ -134,14 +150,27 @@ class ProjectionHead(nn.Module):
 class SimCLR(nn.Module):
     """f and g together: images -> (h, z). After pretraining, g is thrown away."""
 
-    def __init__(self, encoder: ResNet, head: ProjectionHead):
+    def __init__(self, encoder: Encoder, head: ProjectionHead):
         super().__init__()
         self.encoder = encoder
         self.head = head
 
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.encoder.spec, self.head.spec)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
         return h, self.head(h)
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    return Encoder(spec)
+
+
+def build_model(spec: ModelSpec) -> SimCLR:
+    encoder = build_encoder(spec.encoder)
+    return SimCLR(encoder, ProjectionHead(spec.head, encoder.feat_dim))
 
 
 def channels_last_ok(model: nn.Module, device: torch.device) -> bool:
@@ -156,21 +185,3 @@ def channels_last_ok(model: nn.Module, device: torch.device) -> bool:
         return True
     return all(m.in_channels >= 8 for m in model.modules()
                if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
-
-
-def build_encoder(arch: str, width: float, stem: str, in_channels: int, mean=None,
-                  std=None) -> ResNet:
-    return ResNet(arch, width, stem, in_channels, mean, std)
-
-
-def build_model(arch: str, width: float, stem: str, in_channels: int, head: str,
-                head_layers: int, head_hidden: int | None, proj_dim: int, mean=None,
-                std=None) -> SimCLR:
-    encoder = build_encoder(arch, width, stem, in_channels, mean, std)
-    return SimCLR(encoder, ProjectionHead(encoder.feat_dim, head_hidden, proj_dim, head,
-                                          head_layers))
-
-
-def model_from_config(cfg, in_channels: int, mean=None, std=None) -> SimCLR:
-    return build_model(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.head, cfg.head_layers,
-                       cfg.head_hidden, cfg.proj_dim, mean, std)

@@ -104,17 +104,27 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def lars(groups: list[dict], momentum: float, trust_coefficient: float) -> LARS:
+    return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient)
+
+
+# fused implementations honour `found_inf` (a skipped step) on the device, like LARS
+def sgd(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.SGD:
+    return torch.optim.SGD(_plain(groups), lr=0.0, momentum=momentum, fused=True)
+
+
+def adamw(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(_plain(groups), lr=0.0, fused=True)
+
+
+def _plain(groups: list[dict]) -> list[dict]:
+    """The groups without LARS's flag, for torch's optimisers."""
+    return [{k: v for k, v in g.items() if k != "lars"} for g in groups]
+
+
 def build_optimizer(name: str, model: nn.Module, weight_decay: float, momentum: float = 0.9,
                     trust_coefficient: float = 1e-3) -> torch.optim.Optimizer:
-    """LARS (the paper's), or SGD/AdamW as alternatives; lr is set every step by the loop."""
-    groups = param_groups(model, weight_decay)
-    if name == "lars":
-        return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient)
-    for g in groups:
-        g.pop("lars")
-    # fused implementations honour `found_inf` (a skipped step) on the device, like LARS
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=momentum, fused=True)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, fused=True)
-    raise ValueError(f"unknown optimizer {name!r}; known: lars, sgd, adamw")
+    """An optimiser by name (fastclr.registry.OPTIMIZERS: LARS, the paper's, or SGD/AdamW)
+    over `param_groups(model)`; lr is set every step by the loop."""
+    from fastclr.registry import OPTIMIZERS
+    return OPTIMIZERS.get(name)(param_groups(model, weight_decay), momentum, trust_coefficient)

@@ -23,7 +23,44 @@ def test_yaml_then_flags_override(tmp_path):
     path.write_text("epochs: 3\nbatch_size: 64\ncrop_scale: [0.3, 0.9]\n")
     cfg = load_config(str(path), text_overrides={"epochs": "7"})
     assert (cfg.epochs, cfg.batch_size, cfg.crop_scale) == (7, 64, (0.3, 0.9))
-    assert cfg.name == "mine"
+    assert cfg.name == "mine_epochs=7"  # a changed training option names its own run folder
+
+
+def test_only_changed_training_options_name_a_variant():
+    assert load_config("fashion-mnist-cpu").name == "fashion-mnist-cpu"
+    same = load_config("fashion-mnist-cpu", text_overrides={"temperature": "0.1",
+                                                            "log_every": "5"})
+    assert same.name == "fashion-mnist-cpu"  # tau as in the preset; logging is no identity
+    cfg = load_config("fashion-mnist-cpu", text_overrides={"temperature": "0.5", "seed": "2",
+                                                           "crop_scale": "0.08,1"})
+    assert cfg.name == "fashion-mnist-cpu_crop_scale=0.08,1_temperature=0.5_seed=2"
+    long = load_config(None, text_overrides={"data": "folder:/" + "x" * 300})
+    assert len(long.name) < 120 and "/" not in long.name
+
+
+def test_a_runs_config_yaml_is_a_valid_config(tmp_path):
+    from fastclr.config import save_config
+    cfg = load_config("fashion-mnist-cpu", text_overrides={"temperature": "0.5"})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again == cfg  # same options, same name: the same run folder
+
+
+def test_identity_options_cover_the_model_spec():
+    from fastclr.config import identity_options
+    from fastclr.spec import EncoderSpec, HeadSpec, option_names
+    identity = set(identity_options())
+    assert set(option_names(EncoderSpec)) | set(option_names(HeadSpec)) <= identity
+    assert {"data", "epochs", "batch_size", "temperature", "seed", "crop_scale"} <= identity
+    assert not {"log_every", "checkpoint_every", "knn_every", "threads", "run_dir",
+                "data_dir", "eval_batch_size", "allow_change"} & identity
+
+
+def test_allow_change_names_options():
+    assert load_config(None, text_overrides={"allow_change": "epochs, seed"}
+                       ).allowed_changes == ("epochs", "seed")
+    with pytest.raises(ConfigError, match="did you mean epochs"):
+        load_config(None, text_overrides={"allow_change": "epoch"})
 
 
 @pytest.mark.parametrize("text,message", [

@@ -33,9 +33,7 @@ def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
     (drawn from `seed`, leaving the global random state as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = build_encoder(encoder.arch, encoder.width, encoder.stem_kind,
-                              encoder.mean.shape[1], encoder.mean.flatten().tolist(),
-                              encoder.std.flatten().tolist())
+        fresh = build_encoder(encoder.spec)
     return fresh.to(encoder.mean.device)
 
 
@@ -83,7 +81,7 @@ class Session:
         return self._z
 
 
-def _linear(s: Session) -> dict:
+def run_linear(s: Session) -> dict:
     h_train, h_test = s.h()
     probe = linear_probe(h_train, s.train.labels, h_test, s.test.labels, seed=s.seed)
     out = {"linear_top1": probe["top1"], "linear_top5": probe["top5"],
@@ -97,7 +95,7 @@ def _linear(s: Session) -> dict:
     return out
 
 
-def _knn(s: Session) -> dict:
+def run_knn(s: Session) -> dict:
     h_train, h_test = s.h()
     k, temp = s.cfg.knn_k, s.cfg.knn_temperature
     table = knn_table(h_train, s.train.labels, h_test, s.test.labels,
@@ -110,7 +108,7 @@ def _knn(s: Session) -> dict:
     return out
 
 
-def _baselines(s: Session) -> dict:
+def run_baselines(s: Session) -> dict:
     cfg = s.cfg
     rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
                             s.device, cfg.eval_batch_size, cfg.knn_k, cfg.knn_temperature,
@@ -123,14 +121,14 @@ def _baselines(s: Session) -> dict:
             "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
 
 
-def _diagnostics(s: Session) -> dict:
+def run_diagnostics(s: Session) -> dict:
     images = s.test.images[:DIAGNOSTIC_IMAGES]
     return diagnose(s.encoder, images, augment_from_config(s.cfg), s.head,
                     task_batch=s.cfg.batch_size, seed=s.seed,
                     batch_size=s.cfg.eval_batch_size, device=s.device)
 
 
-def _plots(s: Session) -> dict:
+def run_plots(s: Session) -> dict:
     from fastclr.eval import plots
 
     written = []
@@ -157,7 +155,7 @@ def _plots(s: Session) -> dict:
     return {"plots": written}
 
 
-def _linear_aug(s: Session) -> dict:
+def run_linear_aug(s: Session) -> dict:
     cfg = s.cfg
     res = linear_probe_augmented(s.encoder, s.train.images, s.train.labels, s.test.images,
                                  s.test.labels, crop_flip_augment(cfg),
@@ -167,7 +165,7 @@ def _linear_aug(s: Session) -> dict:
             "linear_aug_epochs": res["epochs"], "linear_aug_lr": res["lr"]}
 
 
-def _finetune(s: Session) -> dict:
+def run_finetune(s: Session) -> dict:
     out = {}
     for fraction, epochs in s.finetune_epochs.items():
         name = f"finetune_{round(100 * fraction)}pct"
@@ -179,8 +177,3 @@ def _finetune(s: Session) -> dict:
                     f"{name}_images": res["images"], f"{name}_epochs": res["epochs"],
                     f"{name}_lr": res["lr"]})
     return out
-
-
-RUNNERS = {"linear": _linear, "knn": _knn, "baselines": _baselines,
-           "diagnostics": _diagnostics, "plots": _plots, "linear-aug": _linear_aug,
-           "finetune": _finetune}

@@ -16,12 +16,12 @@ import torch
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
 from fastclr.errors import ConfigError, DataError
-from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, RUNNERS, Session
+from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, Session
 from fastclr.eval.report import previous_report
 from fastclr.eval.weights import Weights, load_weights
+from fastclr.registry import PROTOCOLS
 
-# every protocol, in the order they run (`fastclr eval --help` describes each)
-PROTOCOLS = ("linear", "knn", "baselines", "diagnostics", "plots", "linear-aug", "finetune")
+# the protocols run by default; PROTOCOLS holds every one, in the order they run
 FAST = ("linear", "knn", "baselines", "diagnostics", "plots")
 
 
@@ -90,8 +90,8 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
         raise DataError(f"{cfg.data} has {train.images.shape[1]}-channel images; the encoder "
                         f"takes {channels}")
     report = previous_report(out_dir, weights.step)
-    report.update({"data": cfg.data, "arch": weights.encoder.arch,
-                   "width": weights.encoder.width, "encoder_step": weights.step,
+    report.update({"data": cfg.data, "arch": weights.encoder.spec.arch,
+                   "width": weights.encoder.spec.width, "encoder_step": weights.step,
                    "weights": str(weights.path), "head_known": weights.head is not None,
                    "eval_train_images": len(train), "eval_test_images": len(test),
                    "seed": seed})
@@ -103,7 +103,7 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
     start = time.perf_counter()
     for name in protocols:
         t0 = time.perf_counter()
-        report.update(RUNNERS[name](session))
+        report.update(PROTOCOLS.get(name)(session))
         seconds[name] = round(time.perf_counter() - t0, 2)
         if progress is not None:
             progress(f"  {name}: {seconds[name]:.1f} s")

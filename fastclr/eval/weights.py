@@ -10,16 +10,16 @@ encoder was trained with.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
 
-from fastclr.checkpoint import latest_checkpoint, load_checkpoint, load_encoder
+from fastclr.checkpoint import encoder_metadata, latest_checkpoint, load_checkpoint, load_encoder
 from fastclr.config import Config, config_from_dict, read_yaml
 from fastclr.errors import CheckpointError, ConfigError
-from fastclr.models import model_from_config
+from fastclr.models import build_model
+from fastclr.spec import ModelSpec
 
 
 @dataclass
@@ -44,19 +44,12 @@ class Weights:
         return None
 
 
-def _encoder_meta(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("fastclr", "{}"))
-
-
 def _from_checkpoint(path: Path, device) -> tuple[nn.Module, nn.Module, Config, int]:
     state = load_checkpoint(path, map_location="cpu")
     try:
         cfg = config_from_dict(state["config"])
-        in_channels = state["model"]["encoder.mean"].shape[1]  # (1, C, 1, 1) buffer
-        model = model_from_config(cfg, in_channels)
-        model.load_state_dict(state["model"])  # also sets the encoder's mean/std buffers
+        model = build_model(ModelSpec.from_dict(state["spec"]))
+        model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"{path} does not hold a fastclr SimCLR model ({e})") from None
     model = model.to(device).eval()
@@ -79,11 +72,14 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
                               ".safetensors or a checkpoint .pt)")
     elif path.suffix == ".safetensors":
         encoder = load_encoder(path, device)
-        meta = _encoder_meta(path)
-        if data is None and "data" not in meta:
+        meta = encoder_metadata(path)
+        if "config" in meta:  # the training config: data set, image size, kNN settings ...
+            cfg = config_from_dict(meta["config"])
+        elif data is None and "data" not in meta:
             raise ConfigError(f"{path} does not say which data set it was trained on; "
                               "give --data NAME")
-        cfg = Config(data=meta.get("data", data)).validate()
+        else:
+            cfg = Config(data=meta.get("data", data)).validate()
         weights = Weights(encoder, None, cfg, meta.get("step"), "encoder", path)
     elif path.suffix == ".pt":
         encoder, head, cfg, step = _from_checkpoint(path, device)
@@ -111,7 +107,7 @@ def _load_run(run_dir: Path, device) -> Weights:
         encoder, head, _, step = _from_checkpoint(last, device)
         return Weights(encoder, head, cfg, step, "run", run_dir)
     encoder = load_encoder(exported, device)
-    step = _encoder_meta(exported).get("step")
+    step = encoder_metadata(exported).get("step")
     head = None
     if last is not None:
         _, ck_head, _, ck_step = _from_checkpoint(last, device)

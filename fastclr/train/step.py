@@ -21,8 +21,9 @@ from fastclr.data import Pretrain, pretrain_batches
 from fastclr.data.batches import InMemoryBatches, StreamingBatches
 from fastclr.eval.monitor import OnlineProbe
 from fastclr.loss import nt_xent
-from fastclr.models import SimCLR, channels_last_ok, model_from_config
+from fastclr.models import SimCLR, build_model, channels_last_ok
 from fastclr.optim import build_optimizer, lr_at, peak_lr
+from fastclr.spec import ModelSpec
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -106,7 +107,7 @@ class Run:
 
 def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    model = model_from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std)
+    model = build_model(ModelSpec.from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std))
     if ctx.world_size > 1 and cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model, ctx.device)
     model = model.to(ctx.device)
@@ -137,7 +138,7 @@ def checkpoint_state(run: Run, step: int, extra: dict) -> dict:
     """Everything an exact resume needs. The data order and the views are functions of (seed,
     epoch) and (seed, step, rank), so they need no saved generator; the global RNG is saved
     for anything else that draws from it."""
-    return {"step": step, "model": run.model.state_dict(),
+    return {"step": step, "model": run.model.state_dict(), "spec": run.model.spec.to_dict(),
             "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
             "torch_rng": torch.get_rng_state(), **extra}
 

@@ -448,9 +448,10 @@ def test_center_view_resizes_the_shorter_side_and_crops():
 def test_extract_features_at_the_stored_size_is_unchanged():
     from fastclr.eval.features import extract_features
     from fastclr.models import build_encoder
+    from fastclr.spec import EncoderSpec
 
     torch.manual_seed(0)
-    encoder = build_encoder("resnet18", 0.125, "small-s2", 1, [0.3], [0.3])
+    encoder = build_encoder(EncoderSpec("resnet18", 0.125, "small-s2", 1, (0.3,), (0.3,)))
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     assert torch.equal(extract_features(encoder, images, 4), extract_features(encoder, images, 4,
                                                                               size=28))
@@ -470,7 +471,7 @@ def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys
     out = capsys.readouterr().out
     assert rc == 0 and "has no labels: skipping the linear-probe and kNN evaluation" in out
     assert "kNN monitor off" in out and (run_dir / "encoder.safetensors").is_file()
-    data = json.loads((run_dir / "run.json").read_text())["data"]
+    data = json.loads((run_dir / "run.json").read_text())["run"]["data"]
     assert data["images"] == 14 and data["shape"] == [3, 16, 16] and data["held"] == "streamed"
     assert data["sha256"] == index_folder(stream_dir).fingerprint and data["skipped"] == 0
     rc = main(["eval", str(run_dir)])
@@ -487,7 +488,7 @@ def test_train_and_evaluate_cifar_at_a_smaller_resolution(tmp_path, cifar_dir):
     cfg = tiny_config(tmp_path / "run", data="cifar10", data_dir=str(cifar_dir), image_size=16,
                       batch_size=8, max_steps=1, width=0.125)
     run = train(cfg, progress=False)
-    info = json.loads((run / "run.json").read_text())["data"]
+    info = json.loads((run / "run.json").read_text())["run"]["data"]
     assert info["images"] == 20 and info["shape"] == [3, 32, 32] and info["held"] == "in memory"
     report = evaluate_run(run, "cpu", ("linear", "knn"))
     assert report["eval_test_images"] == 20 and 0.0 <= report["knn_top1"] <= 1.0

@@ -23,6 +23,7 @@ from fastclr.eval.probes import (knn_predict, knn_table, linear_probe, linear_pr
                                  nearest_neighbours)
 from fastclr.eval.finetune import balanced_subset, finetune
 from fastclr.models import build_encoder, build_model
+from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 from fastclr.eval.protocols import crop_flip_augment
 from fastclr.eval.report import format_report
 from fastclr.eval.runner import FAST, PROTOCOLS, parse_protocols
@@ -52,7 +53,12 @@ def fashion() -> ImageSet:
 
 def tiny_encoder(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_encoder("resnet18", 0.125, "small-s2", 1, [0.29], [0.35])
+    return build_encoder(EncoderSpec("resnet18", 0.125, "small-s2", 1, (0.29,), (0.35,)))
+
+
+def tiny_model(mean=(0.0,), std=(1.0,)) -> nn.Module:
+    return build_model(ModelSpec(EncoderSpec("resnet18", 0.125, "small-s2", 1, mean, std),
+                                 HeadSpec(out_dim=16)))
 
 
 def blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
@@ -100,7 +106,7 @@ def test_frozen_catches_a_probe_that_trains_the_encoder(fashion):
 
 def test_frozen_passes_and_restores_modes_and_flags(fashion):
     encoder = tiny_encoder().train()
-    encoder.layer1.requires_grad_(False)  # a caller's own choice must survive
+    encoder.backbone.layer1.requires_grad_(False)  # a caller's own choice must survive
     flags = [p.requires_grad for p in encoder.parameters()]
     with frozen(encoder):
         assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
@@ -227,7 +233,7 @@ def test_contrastive_top1_by_hand():
 
 
 def test_diagnose_reports_h_and_z(fashion):
-    model = build_model("resnet18", 0.125, "small-s2", 1, "nonlinear", 2, None, 16)
+    model = tiny_model()
     out = diagnose(model.encoder, fashion.images[:64], crop_flip_augment(Config()),
                    head=model.head, task_batch=32)
     for space in ("h", "z"):
@@ -336,9 +342,7 @@ def test_embed_cli_from_an_exported_encoder(small_fashion_dir, tmp_path, capsys)
 
     data_dir = small_fashion_dir
     encoder = tiny_encoder()
-    meta = {"arch": "resnet18", "width": 0.125, "stem": "small-s2", "in_channels": 1,
-            "mean": [0.29], "std": [0.35], "feat_dim": encoder.feat_dim,
-            "data": "fashion-mnist", "step": 7}
+    meta = {"feat_dim": encoder.feat_dim, "data": "fashion-mnist", "step": 7}
     export_encoder(encoder, tmp_path / "encoder.safetensors", meta)
     out = tmp_path / "h.npy"
     assert main(["embed", "--weights", str(tmp_path / "encoder.safetensors"), "--data-dir",
@@ -363,9 +367,9 @@ def test_embedding_parts_refuses_a_split_of_a_folder(tmp_path):
 def test_load_weights_from_a_checkpoint_gives_encoder_and_head(tmp_path):
     cfg = Config(arch="resnet18", width=0.125, stem="small-s2", proj_dim=16)
     torch.manual_seed(0)
-    model = build_model("resnet18", 0.125, "small-s2", 1, "nonlinear", 2, None, 16,
-                        [0.3], [0.4])
+    model = tiny_model((0.3,), (0.4,))
     save_checkpoint(tmp_path / "ckpt.pt", {"step": 11, "model": model.state_dict(),
+                                           "spec": model.spec.to_dict(),
                                            "config": cfg.to_dict()})
     weights = load_weights(tmp_path / "ckpt.pt", data_dir=FASHION)
     assert weights.step == 11 and weights.head is not None
@@ -380,8 +384,9 @@ def test_eval_cli_runs_the_protocols_on_a_checkpoint(small_fashion_dir, tmp_path
 
     cfg = Config(width=0.125, stem="small-s2", proj_dim=16, batch_size=16)
     torch.manual_seed(0)
-    model = build_model("resnet18", 0.125, "small-s2", 1, "nonlinear", 2, None, 16, [0.3], [0.4])
+    model = tiny_model((0.3,), (0.4,))
     save_checkpoint(tmp_path / "ckpt.pt", {"step": 3, "model": model.state_dict(),
+                                           "spec": model.spec.to_dict(),
                                            "config": cfg.to_dict()})
     args = ["eval", str(tmp_path / "ckpt.pt"), "--data-dir", str(small_fashion_dir),
             "--device", "cpu", "--linear-aug-epochs", "1", "--finetune-epochs", "1,1"]
@@ -406,16 +411,16 @@ def test_eval_cli_runs_the_protocols_on_a_checkpoint(small_fashion_dir, tmp_path
 
 def test_parse_protocols():
     assert parse_protocols(None) == FAST
-    assert parse_protocols("all") == PROTOCOLS
+    assert parse_protocols("all") == PROTOCOLS.names()
     assert parse_protocols("finetune, knn") == ("knn", "finetune")
     with pytest.raises(ConfigError, match="unknown protocol"):
         parse_protocols("linear,svm")
 
 
 def test_every_protocol_is_described_in_the_eval_help():
-    from fastclr.cli import EVAL_HELP
+    from fastclr.cli import eval_help
     for name in PROTOCOLS:
-        assert f"\n  {name} " in EVAL_HELP
+        assert f"\n  {name} " in eval_help()
 
 
 def test_format_report_shows_what_is_there():

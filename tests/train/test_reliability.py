@@ -14,7 +14,7 @@ import torch
 
 from fixtures import HANG_SECONDS, SAMPLE, tiny_config
 from fastclr.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from fastclr.errors import CheckpointError
+from fastclr.errors import CheckpointError, RunFolderError
 from fastclr.train import train
 from fastclr.train.step import build_run, checkpoint_state
 
@@ -244,8 +244,12 @@ def test_unwritable_run_folder_is_one_line(tmp_path):
 
 def test_incompatible_checkpoint_is_refused(tmp_path):
     train(tiny_config(tmp_path, max_steps=1), progress=False)
-    with pytest.raises(CheckpointError, match=r"other options \(width: 0.125 -> 0.25\)"):
+    with pytest.raises(RunFolderError, match=r"other training options \(width 0.125 -> 0.25\)"):
         train(tiny_config(tmp_path, max_steps=2, width=0.25), progress=False)
+    # a model option cannot be changed on purpose either: the checkpoint holds another model
+    with pytest.raises(RunFolderError, match="changes the model"):
+        train(tiny_config(tmp_path, max_steps=2, width=0.25, allow_change="width"),
+              progress=False)
 
 
 def test_damaged_checkpoint_is_a_clear_error(tmp_path):

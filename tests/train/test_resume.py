@@ -33,7 +33,8 @@ def test_resume_gives_the_same_next_loss(tmp_path):
 def test_run_folder_records_config_and_revision(tmp_path):
     run = train(tiny_config(tmp_path / "r", max_steps=1), progress=False)
     info = json.loads((run / "run.json").read_text())
-    assert info["git_revision"] and info["data"]["images"] == 2000
+    assert info["sessions"][0]["git_revision"] and info["run"]["data"]["images"] == 2000
+    assert info["sessions"][0]["outcome"] == "stopped at --max-steps 1"
     assert "batch_size: 32" in (run / "config.yaml").read_text()
     assert (run / "encoder.safetensors").is_file()
 
