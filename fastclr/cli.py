@@ -63,7 +63,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                            help=help_text)
 
 
-def _config_from_args(args) -> "Config":  # noqa: F821
+def _config_from_args(args):
+    """The run's Config: defaults, then --config, then flags."""
     from fastclr.config import load_config, options
 
     text = {f.name: getattr(args, f.name) for f in options()
@@ -72,11 +73,11 @@ def _config_from_args(args) -> "Config":  # noqa: F821
 
 
 def cmd_train(args) -> int:
+    cfg = _config_from_args(args)  # a bad option is refused before torch is imported
     from fastclr.distributed import resolve_device
     from fastclr.eval.runner import evaluate_run
     from fastclr.train import train
 
-    cfg = _config_from_args(args)
     run_dir = train(cfg, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0 or not cfg.final_eval:
         return 0
@@ -177,13 +178,13 @@ def cmd_data(args) -> int:
 
 
 def cmd_preview(args) -> int:
+    cfg = _config_from_args(args)
     import torch
 
-    from fastclr.data import get_spec, load_split
     from fastclr.augment.pipeline import augment_from_config
+    from fastclr.data import get_spec, load_split
     from fastclr.eval.plots import save_augmentation_grid
 
-    cfg = _config_from_args(args)
     spec = get_spec(cfg.data)
     images = load_split(cfg.data, spec.pretrain[0], cfg.data_dir, cfg.download,
                         size=cfg.image_size, sample=args.images).images

@@ -2,9 +2,18 @@
 
     from fastclr.train import train
     run_dir = train(config)          # a fastclr.config.Config
+
+Imported lazily: the command line names `Stopped` (signals.py) without importing torch.
 """
 
-from fastclr.train.loop import train
-from fastclr.train.signals import Stopped
-
 __all__ = ["Stopped", "train"]
+
+
+def __getattr__(name: str):
+    if name == "train":
+        from fastclr.train.loop import train
+        return train
+    if name == "Stopped":
+        from fastclr.train.signals import Stopped
+        return Stopped
+    raise AttributeError(f"module 'fastclr.train' has no attribute {name!r}")
