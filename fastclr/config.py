@@ -1,238 +1,24 @@
 """One typed config for a run; YAML presets and CLI flags are its two front ends.
 
 The config is flat (every option has one unique name, used as is in YAML and as `--name` on the
-command line) and grouped for help text only. Parts never read it: the training loop passes
-plain arguments to them.
+command line) and grouped for help text only; fastclr.options declares the options. This module
+turns text (YAML, flags) into typed values, finds presets and names run folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from fastclr.errors import ConfigError
-from fastclr.registry import BACKBONES, HEADS, OPTIMIZERS
+from fastclr.options import (GROUPS, IDENTITY_GROUPS, Config, _HINTS, _unknown,  # noqa: F401
+                             identity_options, options)
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-GROUPS = ("data", "augment", "model", "optim", "train", "eval")
-# groups whose every option changes what a run learns (its identity); elsewhere, options say so
-IDENTITY_GROUPS = ("augment", "model", "optim")
-
-
-def _opt(default, help: str, group: str, choices=None, identity: bool | None = None, **kw):
-    """An option. `identity`: whether it changes what is learned (default: by its group), so
-    that a run folder made with one value cannot be resumed with another; `choices` a tuple or
-    a fastclr.registry.Registry."""
-    identity = group in IDENTITY_GROUPS if identity is None else identity
-    meta = {"help": help, "group": group, "choices": choices, "identity": identity, **kw}
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class Config:
-    # ---- data ------------------------------------------------------------------------------
-    data: str = _opt("fashion-mnist", "data set to pretrain on: a registered name (see "
-                     "`fastclr data`), folder:PATH for your own images (unlabeled) or "
-                     "imagefolder:PATH for PATH/train/<class>/*, PATH/val/<class>/*", "data",
-                     identity=True)
-    data_dir: str | None = _opt(None, "directory holding the data set's files in their official "
-                                "format; default: the known system and cache locations", "data")
-    download: bool = _opt(False, "download the data set through torchvision if it is missing "
-                          "(needs a network)", "data")
-    image_size: int | None = _opt(None, "side of the square training views in pixels; default: "
-                                  "the data set's own (28 for Fashion-MNIST)", "data", low=8,
-                                  identity=True)
-    num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
-                            low=0)
-
-    # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
-    crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "
-                                           "area as a fraction of the image (paper: 0.08,1; small "
-                                           "images: 0.2,1)", "augment", unit=True)
-    crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "random resized crop: aspect ratio "
-                                           "range", "augment")
-    flip_p: float = _opt(0.5, "probability of a horizontal flip", "augment", prob=True)
-    color_strength: float = _opt(0.5, "colour distortion strength s: jitter brightness, contrast "
-                                 "and saturation 0.8s, hue 0.2s (paper: 1.0 on ImageNet, 0.5 on "
-                                 "CIFAR); 0-2", "augment", low=0.0, high=2.0)
-    color_p: float = _opt(0.8, "probability of colour jitter", "augment", prob=True)
-    gray_p: float = _opt(0.2, "probability of random grayscale (RGB data only)", "augment",
-                         prob=True)
-    blur_p: float = _opt(0.0, "probability of gaussian blur, kernel ~10% of the side (paper: 0.5 "
-                         "on ImageNet, off on small images)", "augment", prob=True)
-    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "gaussian blur sigma range", "augment")
-    solarize_p: float = _opt(0.0, "probability of solarization (not in SimCLR v1; BYOL uses "
-                             "0.2 on one view)", "augment", prob=True)
-
-    # ---- model -----------------------------------------------------------------------------
-    arch: str = _opt("resnet18", "encoder f, a backbone by name", "model", choices=BACKBONES)
-    width: float = _opt(1.0, "width multiplier of every ResNet layer (paper: 1, 2, 4; 0.25 "
-                        "for a fast CPU run)", "model", low=0.0625, high=8.0)
-    stem: str = _opt("small", "first layers: small (3x3 conv stride 1, no max-pool; images "
-                     "<= 64 px), small-s2 (3x3 conv stride 2: 4x cheaper, for CPUs) or imagenet "
-                     "(7x7 stride 2 + max-pool)", "model",
-                     choices=("small", "small-s2", "imagenet"))
-    head: str = _opt("nonlinear", "projection head g (nonlinear: the paper's best, section "
-                     "4.2)", "model", choices=HEADS)
-    head_layers: int = _opt(2, "linear layers in the nonlinear head (SimCLR: 2, SimCLRv2: 3)",
-                            "model", low=2, high=8)
-    head_hidden: int | None = _opt(None, "hidden width of the head; default: the encoder's "
-                                   "feature size", "model", low=1)
-    proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1)
-
-    # ---- optimisation ----------------------------------------------------------------------
-    optimizer: str = _opt("lars", "optimiser (lars: the paper's)", "optim", choices=OPTIMIZERS)
-    lr_rule: str = _opt("sqrt", "peak lr from the global batch B: sqrt (base_lr*sqrt(B), "
-                        "base 0.075; better for small B), linear (base_lr*B/256, base 0.3) or "
-                        "constant (base_lr)", "optim", choices=("sqrt", "linear", "constant"))
-    base_lr: float | None = _opt(None, "base learning rate for lr_rule; default 0.075 (sqrt), "
-                                 "0.3 (linear), 0.001 (constant)", "optim", low=0.0)
-    weight_decay: float = _opt(1e-6, "weight decay, not applied to biases and BN parameters "
-                               "(paper: 1e-6 with LARS; try 1e-4 with sgd, 0.05 with adamw)",
-                               "optim", low=0.0)
-    momentum: float = _opt(0.9, "momentum (lars, sgd)", "optim", low=0.0, high=1.0)
-    trust_coefficient: float = _opt(1e-3, "LARS trust coefficient eta", "optim", low=0.0)
-    warmup_epochs: float = _opt(10.0, "epochs of linear lr warmup before the cosine decay "
-                                "(paper: 10)", "optim", low=0.0)
-
-    # ---- training --------------------------------------------------------------------------
-    epochs: int = _opt(100, "pretraining epochs (paper: 100-1000; more helps)", "train", low=1,
-                       identity=True)
-    batch_size: int = _opt(256, "global batch of images (each gives 2 views); split over "
-                           "processes (paper: 4096; 256-1024 on one GPU)", "train", low=2,
-                           identity=True)
-    temperature: float = _opt(0.5, "NT-Xent temperature tau (paper: 0.1 at batch 4096, 0.5 on "
-                              "CIFAR)", "train", low=1e-3, high=10.0,
-                              identity=True)
-    seed: int = _opt(0, "random seed of initialisation, data order and augmentations", "train",
-                     low=0, identity=True)
-    device: str = _opt("auto", "auto (cuda when present), cpu, cuda or cuda:N", "train")
-    precision: str = _opt("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16; "
-                          "the loss's logits are always fp32", "train",
-                          choices=("auto", "fp32", "bf16"), identity=True)
-    compile: bool = _opt(False, "torch.compile the model (pays on GPU for long runs; slower "
-                         "on CPU)", "train")
-    sync_bn: bool = _opt(True, "global batch norm (SyncBatchNorm) when more than one process",
-                         "train", identity=True)
-    deterministic: bool = _opt(False, "deterministic kernels: a resumed run repeats the "
-                               "uninterrupted one exactly (slower on GPU)", "train")
-    threads: int | None = _opt(None, "CPU threads for torch; default: torch's choice", "train",
-                               low=1)
-    run_dir: str | None = _opt(None, "run folder for checkpoints, logs and results; default "
-                               "runs/<preset name>", "train")
-    resume: str = _opt("auto", "auto (continue from the run folder's last checkpoint if any), "
-                       "never (refuse a folder that has one) or a checkpoint path", "train")
-    allow_change: str | None = _opt(None, "comma list of training options that may differ from "
-                                    "the run folder's on resume (refused otherwise), e.g. "
-                                    "epochs to train a finished run longer; recorded in "
-                                    "run.json", "train")
-    log_every: int = _opt(20, "steps between progress updates and metrics.jsonl lines", "train",
-                          low=1)
-    checkpoint_every: int = _opt(500, "steps between checkpoints (one is always written at the "
-                                 "end)", "train", low=1)
-    keep_checkpoints: int = _opt(2, "how many of the latest checkpoints to keep (the best by "
-                                 "the kNN monitor is kept too)", "train", low=1)
-    knn_every: int = _opt(0, "epochs between kNN monitor evaluations on a labeled subset; 0: "
-                          "off", "train", low=0)
-    max_nonfinite: int = _opt(20, "stop after this many non-finite losses in a row (each such "
-                              "step is skipped, never trained on)", "train", low=1)
-    max_steps: int | None = _opt(None, "stop after this many steps (the lr schedule still spans "
-                                 "all epochs); for smoke tests", "train", low=1)
-    tensorboard: bool = _opt(True, "also write TensorBoard logs to the run folder", "train")
-
-    # ---- evaluation ------------------------------------------------------------------------
-    final_eval: bool = _opt(True, "evaluate at the end of training (linear probe and kNN)",
-                            "eval")
-    baselines: bool = _opt(True, "in the final evaluation, also evaluate a random-init encoder "
-                           "and raw pixels", "eval")
-    knn_k: int = _opt(200, "neighbours of the weighted kNN classifier", "eval", low=1)
-    knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
-                                  low=1e-3)
-    eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1)
-    online_probe: bool = _opt(False, "during pretraining, train a linear classifier on "
-                              "stop-gradient h of one view with its own optimiser and log its "
-                              "top-1 on the training batches as probe_top1 in metrics.jsonl "
-                              "(labeled data sets only; a progress signal, not an evaluation)",
-                              "eval")
-
-    # where the config came from (informational; not an option)
-    name: str = field(default="custom", metadata={"internal": True})
-
-    def validate(self) -> "Config":
-        """Check ranges and cross-field rules; raises ConfigError naming the first bad option."""
-        for f in options():
-            value = getattr(self, f.name)
-            meta = f.metadata
-            if value is None:
-                continue
-            if meta.get("choices") is not None and value not in meta["choices"]:
-                raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}; "
-                                  f"got {value!r}")
-            values = value if isinstance(value, tuple) else (value,)
-            for v in values:
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise ConfigError(f"{f.name} must be a finite number, got {v}")
-                if meta.get("prob") and not 0.0 <= v <= 1.0:
-                    raise ConfigError(f"{f.name} is a probability: it must lie in [0, 1], got {v}")
-                if meta.get("unit") and not 0.0 < v <= 1.0:
-                    raise ConfigError(f"{f.name} values must lie in (0, 1], got {v}")
-                if "low" in meta and v < meta["low"]:
-                    raise ConfigError(f"{f.name} must be >= {meta['low']}, got {v}")
-                if "high" in meta and v > meta["high"]:
-                    raise ConfigError(f"{f.name} must be <= {meta['high']}, got {v}")
-            if isinstance(value, tuple) and value[0] > value[1]:
-                raise ConfigError(f"{f.name} is a range (low, high) with low <= high, got "
-                                  f"{value[0]}, {value[1]}")
-        if self.crop_ratio[0] <= 0:
-            raise ConfigError(f"crop_ratio values must be > 0, got {self.crop_ratio[0]}")
-        if self.blur_sigma[0] <= 0:
-            raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        for name in self.allowed_changes:
-            if name not in _HINTS or name == "name":
-                raise _unknown(name)
-        if not (self.data.startswith(("folder:", "imagefolder:"))
-                or self.data.replace("-", "").isalnum()):
-            raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
-                              f"got {self.data!r}")
-        return self
-
-    @property
-    def allowed_changes(self) -> tuple[str, ...]:
-        """The option names of `allow_change`."""
-        return tuple(n.strip() for n in (self.allow_change or "").split(",") if n.strip())
-
-    def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def options() -> list[dataclasses.Field]:
-    """The user-settable options, in declaration order."""
-    return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
-
-
-def identity_options() -> list[str]:
-    """The options that change what a run learns: a run folder is made with one value of each
-    (data, augmentation, model, loss, optimiser, schedule, batch, seed, precision)."""
-    return [f.name for f in options() if f.metadata["identity"]]
-
-
-_HINTS = typing.get_type_hints(Config)
 
 
 def _base_type(name: str):
@@ -317,13 +103,6 @@ def coerce_number(v) -> float:
     if not isinstance(v, (int, float)):
         raise TypeError(v)
     return float(v)
-
-
-def _unknown(name: str) -> ConfigError:
-    names = [f.name for f in options()]
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean {close[0]}?" if close else "; `fastclr train --help` lists them"
-    return ConfigError(f"unknown option {name!r}{hint}")
 
 
 def resolve_preset(path_or_name: str) -> Path:

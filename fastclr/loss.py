@@ -1,13 +1,17 @@
-"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (section 2.1, eq. 1).
+"""The contrastive losses of SimCLR's Table 2: NT-Xent (the paper's, section 2.1, eq. 1),
+NT-Logistic and margin triplet, by name (fastclr.registry.LOSSES).
 
-For a batch of N images seen as 2N views, each view's positive is the other view of its image
-and its negatives are the other 2(N-1) views; the loss is the mean over all 2N anchors, so both
-directions of every pair count. With several processes the candidates are the views of every
-process (gathered with gradient), so the result and its gradient equal one process holding the
-whole global batch.
+For a batch of N images seen as 2N views, each view is an anchor; its positive is the other
+view of its image. The loss is the mean over all 2N anchors, so both directions of every pair
+count. With several processes the candidates are the views of every process (gathered with
+gradient), so the result and its gradient equal one process holding the whole global batch.
+Similarities are computed in fp32 whatever the autocast state; z is l2-normalised (cosine
+similarity) unless `normalize` is off (Table 5).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.distributed as dist
@@ -29,23 +33,109 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()))
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
-            distributed: bool = False) -> torch.Tensor:
-    """Mean NT-Xent over the 2N anchors of two views z1, z2 of shape (N, d).
+def _similarities(z1: torch.Tensor, z2: torch.Tensor, normalize: bool, distributed: bool):
+    """(2n, 2n*G) fp32 similarities of this process's anchors with every candidate, and the
+    column of each anchor's own view, its positive, and whether a column is the other view.
 
-    Logits are computed in fp32 whatever the autocast state. With `distributed`, the anchors are
-    this process's 2N views and the candidates the 2N*G views of all G processes.
+    Candidates are process-major: process q's views are columns q*2n ... q*2n + 2n - 1, its
+    first views before its second ones (rows i and n + i are the two views of image i).
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (N, d); got {tuple(z1.shape)}, {tuple(z2.shape)}")
     n = z1.shape[0]
+    z = torch.cat([z1, z2]).float()  # (2n, d)
+    if normalize:
+        z = F.normalize(z, dim=1)  # unit vectors: similarities are cosines
+    candidates = gather_with_grad(z) if distributed else z  # (2n*G, d)
+    rank = dist.get_rank() if candidates is not z else 0
+    sim = z @ candidates.T  # (2n, 2n*G)
+    local = torch.arange(2 * n, device=z.device)
+    own = rank * 2 * n + local
+    positive = rank * 2 * n + (local + n) % (2 * n)
+    column = torch.arange(sim.shape[1], device=z.device)
+    other_view = (column[None, :] % (2 * n) >= n) != (local[:, None] >= n)  # (2n, 2n*G)
+    return sim, own, positive, other_view
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+            normalize: bool = True, distributed: bool = False) -> torch.Tensor:
+    """NT-Xent: the cross-entropy of picking each anchor's positive among the other 2N - 1
+    views (eq. 1): -log exp(s_ip / t) / sum_{k != i} exp(s_ik / t), averaged over anchors."""
     with torch.autocast(z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, d) unit vectors
-        candidates = gather_with_grad(z) if distributed else z  # (2N*G, d), process-major
-        rank = dist.get_rank() if candidates is not z else 0
-        logits = z @ candidates.T / temperature  # (2N, 2N*G) cosine similarities / tau
-        local = torch.arange(2 * n, device=z.device)
-        own = rank * 2 * n + local  # each anchor's own column (similarity 1/tau: excluded)
-        positive = rank * 2 * n + (local + n) % (2 * n)  # the other view of the same image
+        sim, own, positive, _ = _similarities(z1, z2, normalize, distributed)
+        logits = sim / temperature  # (2n, 2n*G)
         logits = logits.masked_fill(F.one_hot(own, logits.shape[1]).bool(), float("-inf"))
         return F.cross_entropy(logits, positive)
+
+
+def _negatives(sim, own, positive, other_view):
+    """Mask (2n, 2n*G) of each anchor's negatives for NT-Logistic and margin triplet: the
+    other view of every other image (the paper, footnote of section 5.1: "for simplicity, we
+    only consider the negatives from one augmentation view")."""
+    mask = other_view.clone()
+    mask[torch.arange(len(sim), device=sim.device), positive] = False
+    return mask
+
+
+def semi_hard(sim: torch.Tensor, pos: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Column (2n,) of each anchor's semi-hard negative (Schroff et al. 2015): the most similar
+    negative that is still less similar than the positive; where there is none, the least
+    similar negative (as TensorFlow's triplet_semihard_loss). The choice carries no gradient."""
+    with torch.no_grad():
+        inf = torch.tensor(float("inf"), device=sim.device)
+        below = negatives & (sim < pos[:, None])
+        closest = torch.where(below, sim, -inf).argmax(dim=1)
+        farthest = torch.where(negatives, sim, inf).argmin(dim=1)
+        return torch.where(below.any(dim=1), closest, farthest)
+
+
+def nt_logistic(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+                normalize: bool = True, semi_hard_negatives: bool = False,
+                distributed: bool = False) -> torch.Tensor:
+    """NT-Logistic (Table 2): -log sigmoid(s_ip / t) - log sigmoid(-s_in / t). The paper writes
+    it for one negative; here the negative term is averaged over an anchor's negatives (the
+    other view of every other image), or taken at its semi-hard negative (Table 4)."""
+    with torch.autocast(z1.device.type, enabled=False):
+        sim, own, positive, other_view = _similarities(z1, z2, normalize, distributed)
+        rows = torch.arange(len(sim), device=sim.device)
+        pos = sim[rows, positive]  # (2n,)
+        negatives = _negatives(sim, own, positive, other_view)
+        attract = -F.logsigmoid(pos / temperature)
+        repel = -F.logsigmoid(-sim / temperature)  # (2n, 2n*G)
+        if semi_hard_negatives:
+            repel = repel[rows, semi_hard(sim, pos, negatives)]
+        else:
+            repel = (repel * negatives).sum(1) / negatives.sum(1)
+        return (attract + repel).mean()
+
+
+def margin_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float = 0.5,
+                   normalize: bool = True, semi_hard_negatives: bool = False,
+                   distributed: bool = False) -> torch.Tensor:
+    """Margin triplet (Table 2): max(s_in - s_ip + m, 0), averaged over an anchor's negatives
+    (the other view of every other image), or taken at its semi-hard negative (Table 4)."""
+    with torch.autocast(z1.device.type, enabled=False):
+        sim, own, positive, other_view = _similarities(z1, z2, normalize, distributed)
+        rows = torch.arange(len(sim), device=sim.device)
+        pos = sim[rows, positive]
+        negatives = _negatives(sim, own, positive, other_view)
+        hinge = F.relu(sim - pos[:, None] + margin)  # (2n, 2n*G)
+        if semi_hard_negatives:
+            return hinge[rows, semi_hard(sim, pos, negatives)].mean()
+        return ((hinge * negatives).sum(1) / negatives.sum(1)).mean()
+
+
+def build_loss(name: str, temperature: float, normalize: bool = True, margin: float = 0.5,
+               semi_hard_negatives: bool = False):
+    """The loss `name` (fastclr.registry.LOSSES) with its options bound:
+    loss(z1, z2, distributed=False) -> scalar. Options a loss does not take are not passed."""
+    import inspect
+
+    from fastclr.registry import LOSSES
+
+    fn = LOSSES.get(name)
+    given = {"temperature": temperature, "normalize": normalize, "margin": margin,
+             "semi_hard_negatives": semi_hard_negatives}
+    accepted = inspect.signature(fn).parameters
+    bound = {k: v for k, v in given.items() if k in accepted}
+    return functools.partial(fn, **bound)

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from fastclr.registry import BACKBONES, HEADS
+from fastclr.norms import norm_factory, standardize_convolutions
+from fastclr.registry import BACKBONES, HEADS, NORMS
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 
 STEMS = ("small", "small-s2", "imagenet")
@@ -27,11 +28,13 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: type, layers: tuple[int, int, int, int], width: float = 1.0,
-                 stem: str = "small", in_channels: int = 3, zero_init_residual: bool = True):
+                 stem: str = "small", in_channels: int = 3, norm: str = "batch",
+                 zero_init_residual: bool = True):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
         planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
+        self._norm = norm_factory(norm)
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -39,7 +42,7 @@ class ResNet(nn.Module):
             stride = 2 if stem == "small-s2" else 1
             self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride, 1, bias=False)
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.bn1 = self._norm(planes[0])
         self.relu = nn.ReLU(inplace=True)
         self.inplanes = planes[0]
         self.layer1 = self._make_layer(block, planes[0], layers[0], 1)
@@ -57,20 +60,22 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:  # each block starts as identity, as in SimCLR's official ResNet
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
-                elif isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                last = m.bn3 if isinstance(m, Bottleneck) else \
+                    m.bn2 if isinstance(m, BasicBlock) else None
+                if getattr(last, "weight", None) is not None:
+                    nn.init.zeros_(last.weight)
+        if getattr(NORMS.get(norm), "standardize_weights", False):
+            standardize_convolutions(self)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+                self._norm(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample, norm_layer=self._norm)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, norm_layer=self._norm) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,15 +85,15 @@ class ResNet(nn.Module):
 
 
 def resnet18(spec: EncoderSpec) -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), spec.width, spec.stem, spec.in_channels)
+    return ResNet(BasicBlock, (2, 2, 2, 2), spec.width, spec.stem, spec.in_channels, spec.norm)
 
 
 def resnet34(spec: EncoderSpec) -> ResNet:
-    return ResNet(BasicBlock, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels)
+    return ResNet(BasicBlock, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels, spec.norm)
 
 
 def resnet50(spec: EncoderSpec) -> ResNet:
-    return ResNet(Bottleneck, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels)
+    return ResNet(Bottleneck, (3, 4, 6, 3), spec.width, spec.stem, spec.in_channels, spec.norm)
 
 
 class Encoder(nn.Module):
@@ -115,9 +120,9 @@ def nonlinear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(spec.layers - 1):
-        # bias is redundant before BN
-        layers += [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden),
-                   nn.ReLU(inplace=True)]
+        # a bias is redundant before a norm layer that shifts
+        layers += [nn.Linear(dim, hidden, bias=spec.norm == "none"),
+                   NORMS.get(spec.norm)(hidden, 1), nn.ReLU(inplace=True)]
         dim = hidden
     layers.append(nn.Linear(dim, spec.out_dim))
     return nn.Sequential(*layers)

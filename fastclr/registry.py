@@ -98,6 +98,16 @@ BACKBONES.declare("resnet34", "fastclr.models:resnet34",
 BACKBONES.declare("resnet50", "fastclr.models:resnet50",
                   "ResNet-50, the paper's encoder: bottlenecks 3-4-6-3, 2048-d h at width 1")
 
+NORMS = Registry("normalisation")
+NORMS.declare("batch", "fastclr.norms:batch_norm",
+              "batch norm (Ioffe & Szegedy 2015), the paper's; global across processes")
+NORMS.declare("layer", "fastclr.norms:layer_norm",
+              "layer norm (Ba et al. 2016): over channels and pixels of each image")
+NORMS.declare("group", "fastclr.norms:group_norm",
+              "group norm (Wu & He 2018), gcd(C, 32) groups, with weight standardisation of "
+              "the convolutions (Qiao et al. 2019)")
+NORMS.declare("none", "fastclr.norms:no_norm", "no normalisation layers")
+
 HEADS = Registry("projection head")
 HEADS.declare("nonlinear", "fastclr.models:nonlinear_head",
               "the paper's MLP g: (Linear-BN-ReLU) x (layers - 1), then Linear (section 4.2)")
@@ -110,6 +120,14 @@ OPTIMIZERS.declare("lars", "fastclr.optim:lars",
                    "LARS (You et al. 2017), the paper's: trust ratio 0.001, momentum 0.9")
 OPTIMIZERS.declare("sgd", "fastclr.optim:sgd", "SGD with momentum (fused)")
 OPTIMIZERS.declare("adamw", "fastclr.optim:adamw", "AdamW (fused)")
+
+LOSSES = Registry("loss")
+LOSSES.declare("nt-xent", "fastclr.loss:nt_xent",
+               "NT-Xent, the paper's (section 2.1, eq. 1): softmax over the 2N - 1 other views")
+LOSSES.declare("nt-logistic", "fastclr.loss:nt_logistic",
+               "NT-Logistic (Table 2): sigmoid on the positive and on each negative")
+LOSSES.declare("margin-triplet", "fastclr.loss:margin_triplet",
+               "margin triplet (Table 2): max(s_neg - s_pos + margin, 0)")
 
 PROTOCOLS = Registry("evaluation protocol")
 PROTOCOLS.declare("linear", "fastclr.eval.protocols:run_linear",

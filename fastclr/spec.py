@@ -38,6 +38,7 @@ class EncoderSpec:
     in_channels: int = _from_data(3)
     mean: tuple[float, ...] = _from_data((0.0, 0.0, 0.0))
     std: tuple[float, ...] = _from_data((1.0, 1.0, 1.0))
+    norm: str = _option("batch", "encoder_norm")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class HeadSpec:
     layers: int = _option(2, "head_layers")
     hidden: int | None = _option(None, "head_hidden")
     out_dim: int = _option(128, "proj_dim")
+    norm: str = _option("batch", "head_norm")
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,15 @@ class ModelSpec:
     head: HeadSpec
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, mean, std) -> "ModelSpec":
+    def from_config(cls, cfg, in_channels: int, mean, std, classes: int | None = None
+                    ) -> "ModelSpec":
+        """The spec of a run's model. The supervised objective (`classes` given) replaces the
+        projection head by a linear classifier on h."""
         data = {"in_channels": in_channels, "mean": tuple(mean), "std": tuple(std)}
-        return cls(_from_options(EncoderSpec, cfg, data), _from_options(HeadSpec, cfg, data))
+        head = _from_options(HeadSpec, cfg, data)
+        if getattr(cfg, "objective", "simclr") == "supervised":
+            head = HeadSpec(kind="linear", out_dim=classes)
+        return cls(_from_options(EncoderSpec, cfg, data), head)
 
     def to_dict(self) -> dict:
         return {"encoder": encoder_spec_dict(self.encoder), "head": dataclasses.asdict(self.head)}

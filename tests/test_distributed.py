@@ -131,3 +131,60 @@ def test_torchrun_trains_then_resumes(tmp_path):
     assert second.stdout.count("resuming with changed options") == 1
     assert "world size 2" in second.stdout
     assert (run_dir / "checkpoints" / "ckpt-00000004.pt").is_file()
+
+
+LOSS_CASES = [
+    ("nt-xent", dict(temperature=0.5)),
+    ("nt-xent", dict(temperature=10.0, normalize=False)),
+    ("nt-logistic", dict(temperature=0.2)),
+    ("nt-logistic", dict(temperature=0.2, semi_hard_negatives=True)),
+    ("margin-triplet", dict(temperature=1.0, margin=0.4)),
+    ("margin-triplet", dict(temperature=1.0, margin=0.4, semi_hard_negatives=True)),
+]
+
+
+def _loss_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(N, 8, generator=g), torch.randn(N, 8, generator=g)
+
+
+def loss_grads(rank, world, out, port):
+    """Each loss case's value and input gradients on this process's share of a fixed batch."""
+    from fastclr import distributed
+    from fastclr.loss import build_loss
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.setup("cpu")
+    try:
+        z1, z2 = _loss_batch()
+        part = slice(rank * N // world, (rank + 1) * N // world)
+        results = []
+        for name, options in LOSS_CASES:
+            a, b = z1[part].clone().requires_grad_(), z2[part].clone().requires_grad_()
+            loss = build_loss(name, **options)(a, b, distributed=True)
+            loss.backward()
+            results.append({"loss": loss.detach(), "g1": a.grad, "g2": b.grad})
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        distributed.teardown()
+
+
+def test_every_loss_on_two_processes_equals_one(tmp_path):
+    """Negatives from every process: the mean of the 2 processes' losses, and their input
+    gradients (each process's own rows, summed over both losses by the gather's backward),
+    equal one process holding the whole batch, for every loss and its options."""
+    from fastclr.loss import build_loss
+
+    mp.spawn(loss_grads, args=(2, tmp_path, _free_port()), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for case, (name, options) in enumerate(LOSS_CASES):
+        z1, z2 = (z.requires_grad_() for z in _loss_batch())
+        whole = build_loss(name, **options)(z1, z2)
+        whole.backward()
+        got = [p[case] for p in parts]
+        assert sum(p["loss"] for p in got).item() / 2 == pytest.approx(whole.item(), rel=1e-5), name
+        g1 = torch.cat([p["g1"] for p in got]) / 2  # DDP averages the processes' gradients
+        g2 = torch.cat([p["g2"] for p in got]) / 2
+        torch.testing.assert_close(g1, z1.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {options}")
+        torch.testing.assert_close(g2, z2.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {options}")

@@ -84,7 +84,7 @@ class Trainer:
         self.cfg, self.ctx, self.progress = cfg, ctx, progress
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         self.step, self.best_knn, self.seconds_before = 0, -1.0, 0.0
-        self.monitor = self.probe_labels = self.metrics = self.bar = None
+        self.monitor = self.labels = self.metrics = self.bar = None
 
     def fit(self) -> Path:
         cfg, ctx = self.cfg, self.ctx
@@ -188,28 +188,30 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _set_up_watchers(self, pretrain) -> None:
-        """The kNN monitor and the online probe, each only where the data set has labels."""
+        """The kNN monitor and the online probe, each only where the data set has labels, and
+        the label batches the probe and the supervised objective read."""
         cfg, ctx = self.cfg, self.ctx
         labeled = get_spec(cfg.data).labeled
         if cfg.knn_every and not labeled:
             log.info("kNN monitor off: %s has no labels", cfg.data)
         if cfg.knn_every and labeled and ctx.is_main:
             self.monitor = Monitor(cfg, ctx.device)
-        if cfg.online_probe and ctx.is_main:
-            if pretrain.labels is None or pretrain.streamed:
-                log.warning("online_probe: %s has no labels for its pretraining images; no "
-                            "probe", cfg.data)
-                return
+        has_labels = pretrain.labels is not None and not pretrain.streamed
+        if cfg.online_probe and ctx.is_main and not has_labels:
+            log.warning("online_probe: %s has no labels for its pretraining images; no probe",
+                        cfg.data)
+        if cfg.online_probe and ctx.is_main and has_labels:
             classes = int(pretrain.labels.max()) + 1
             self.run.probe = OnlineProbe(self.run.model.encoder.feat_dim, classes).to(ctx.device)
+        if has_labels and (self.run.probe is not None or cfg.objective == "supervised"):
             # same seed and length as the image batches, so label batch i goes with batch i
-            self.probe_labels = InMemoryBatches(pretrain.labels.to(ctx.device), cfg.batch_size,
+            self.labels = InMemoryBatches(pretrain.labels.to(ctx.device), cfg.batch_size,
                                                 cfg.seed, ctx.rank, ctx.world_size)
 
     def _batches(self, epoch: int):
         """(images, labels or None) of the epoch, from the step the run is at."""
         start = self.step % self.run.batches.steps_per_epoch
-        labels = self.probe_labels.epoch(epoch, start=start) if self.probe_labels is not None \
+        labels = self.labels.epoch(epoch, start=start) if self.labels is not None \
             else itertools.repeat(None)
         return zip(self.run.batches.epoch(epoch, start=start), labels)
 

@@ -9,9 +9,11 @@ the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fastclr import distributed
 from fastclr.augment import SimCLRAugment
@@ -20,7 +22,9 @@ from fastclr.config import Config
 from fastclr.data import Pretrain, pretrain_batches
 from fastclr.data.batches import InMemoryBatches, StreamingBatches
 from fastclr.eval.monitor import OnlineProbe
-from fastclr.loss import nt_xent
+from fastclr.errors import ConfigError, DataError
+from fastclr.loss import build_loss
+from fastclr.norms import convert_grouped_batchnorm
 from fastclr.models import SimCLR, build_model, channels_last_ok
 from fastclr.optim import build_optimizer, lr_at, peak_lr
 from fastclr.spec import ModelSpec
@@ -70,13 +74,15 @@ class Run:
     autocast: bool
     guard: BufferGuard
     channels_last: bool
+    loss: Callable  # (z1, z2, distributed) -> scalar, or None for the supervised objective
     views: torch.Tensor | None = None  # the augmentation's output buffer, reused
     probe: OnlineProbe | None = None  # optional linear probe on stop-gradient h
 
     def train_step(self, images: torch.Tensor, step: int, labels: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
-        `labels` (n,) of the images feed the online probe, if there is one."""
+        `labels` (n,) of the images feed the online probe, if there is one, and the supervised
+        objective."""
         cfg, device = self.cfg, self.ctx.device
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
@@ -89,9 +95,12 @@ class Run:
         x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
         self.views = x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
+            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
             n = len(images)
-            loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
+            if self.loss is None:  # supervised: both views of each image carry its label
+                loss = F.cross_entropy(z.float(), torch.cat([labels, labels]))
+            else:
+                loss = self.loss(z[:n], z[n:], distributed=self.ctx.world_size > 1)
         bad = ~torch.isfinite(loss.detach())
         if self.ctx.world_size > 1:  # every process must skip the same steps
             bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
@@ -106,10 +115,17 @@ class Run:
 
 
 def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
+    classes = supervised_classes(cfg, pretrain)
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    model = build_model(ModelSpec.from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std))
+    model = build_model(ModelSpec.from_config(cfg, pretrain.shape[0], pretrain.mean, pretrain.std,
+                                              classes))
     if ctx.world_size > 1 and cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model, ctx.device)
+    if cfg.bn_groups > 1:
+        if ctx.world_size > 1:
+            raise ConfigError("bn_groups imitates several devices without global BN in one "
+                              "process; with several processes, use --sync-bn false")
+        model = convert_grouped_batchnorm(model, cfg.bn_groups)
     model = model.to(ctx.device)
     channels_last = channels_last_ok(model, ctx.device)
     if channels_last:
@@ -128,10 +144,23 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     precision = cfg.precision if cfg.precision != "auto" else (
         "bf16" if ctx.device.type == "cuda" else "fp32")
+    loss = None if cfg.objective == "supervised" else build_loss(
+        cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard)
     return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg), batches, total,
                warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
                torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
-               channels_last)
+               channels_last, loss)
+
+
+def supervised_classes(cfg: Config, pretrain: Pretrain) -> int | None:
+    """The class count of the supervised objective, which needs labels held in memory."""
+    if cfg.objective != "supervised":
+        return None
+    if pretrain.labels is None or pretrain.streamed:
+        raise DataError(f"the supervised objective needs labeled images held in memory; "
+                        f"{cfg.data} pretrains on {'streamed' if pretrain.streamed else 'unlabeled'}"
+                        " images")
+    return int(pretrain.labels.max()) + 1
 
 
 def checkpoint_state(run: Run, step: int, extra: dict) -> dict:

@@ -1,0 +1,136 @@
+"""Normalisation layers by name (fastclr.registry.NORMS), and batch norm over groups of a batch.
+
+SimCLR uses batch norm everywhere and makes it global across devices (section 2.2): with
+per-device statistics the model can tell a positive pair by its device's statistics, a
+shortcut that lowers the loss without improving the representation. The notes this project
+started from ask about layer norm instead, which needs no batch statistics at all; group norm
+with weight standardisation is the usual batch-free choice for ResNets (Qiao et al. 2019).
+`GroupedBatchNorm` imitates G devices without global BN inside one process, so the leak can be
+measured on a single CPU.
+
+A norm factory takes (num_features, dims) -> module: dims 2 for (N, C, H, W) conv features,
+1 for (N, C) vectors. A factory with `standardize_weights = True` asks the ResNet to use
+weight-standardised convolutions with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def batch_norm(num_features: int, dims: int) -> nn.Module:
+    return nn.BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
+
+
+def layer_norm(num_features: int, dims: int) -> nn.Module:
+    """Over channels and pixels of each image (one group of GroupNorm); over features for h."""
+    return nn.GroupNorm(1, num_features) if dims == 2 else nn.LayerNorm(num_features)
+
+
+def group_norm(num_features: int, dims: int) -> nn.Module:
+    """gcd(C, 32) groups: Wu & He's 32 where C allows, fewer (larger) groups for narrow layers."""
+    return nn.GroupNorm(math.gcd(num_features, 32), num_features)
+
+
+group_norm.standardize_weights = True
+
+
+def no_norm(num_features: int, dims: int) -> nn.Module:
+    return nn.Identity()
+
+
+def norm_factory(name: str):
+    """The factory registered as `name`, as a one-argument norm_layer for conv features."""
+    from fastclr.registry import NORMS
+    make = NORMS.get(name)
+    return lambda num_features: make(num_features, 2)
+
+
+class StandardizedConv2d(nn.Conv2d):
+    """Conv2d with weight standardisation (Qiao et al. 2019): each filter is shifted to zero
+    mean and scaled to unit variance before use, which makes group norm train like batch norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return self._conv_forward(x, (w - mean) / (std + 1e-5), self.bias)
+
+
+def standardize_convolutions(module: nn.Module) -> nn.Module:
+    """Replace every Conv2d in `module` by a StandardizedConv2d holding the same weights."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            new = StandardizedConv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                     child.stride, child.padding, child.dilation, child.groups,
+                                     child.bias is not None, child.padding_mode)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            standardize_convolutions(child)
+    return module
+
+
+class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics come from G disjoint groups of the batch.
+
+    The batch is the stacked views (2n, C, ...) of n images: rows i and n + i are the two views
+    of image i. Group g holds images g*n/G ... (g+1)*n/G and both their views, what device g
+    of G would see without global BN. Running statistics follow group 0, as DDP's buffer
+    broadcast from rank 0 makes them. G = 1, or eval mode, is plain batch norm.
+    """
+
+    def __init__(self, num_features: int, groups: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.groups = groups
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups == 1:
+            return super().forward(x)
+        G, rest = self.groups, x.shape[1:]
+        if x.shape[0] % (2 * G):
+            raise ValueError(f"a batch of {x.shape[0]} views does not split into {G} groups of "
+                             "view pairs")
+        xs = x.reshape(2, G, x.shape[0] // (2 * G), *rest)  # (view, group, image, C, ...)
+        dims = (0, 2, *range(4, xs.dim()))
+        mean = xs.mean(dims, keepdim=True)  # (1, G, 1, C, 1, ...)
+        var = xs.var(dims, keepdim=True, unbiased=False)
+        y = (xs - mean) * torch.rsqrt(var + self.eps)
+        shape = (1, 1, 1, -1) + (1,) * (xs.dim() - 4)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                count = xs[:, 0].numel() // rest[0]  # values per channel in group 0
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.lerp_(mean[0, 0].flatten(), m)
+                self.running_var.lerp_(var[0, 0].flatten() * count / max(count - 1, 1), m)
+                self.num_batches_tracked += 1
+        return y.reshape(x.shape).contiguous(memory_format=_format_of(x))
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def convert_grouped_batchnorm(module: nn.Module, groups: int) -> nn.Module:
+    """Every BatchNorm of `module` becomes a GroupedBatchNorm over `groups` (same weights)."""
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        out = GroupedBatchNorm(module.num_features, groups, module.eps, module.momentum,
+                               module.affine, module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        out.add_module(name, convert_grouped_batchnorm(child, groups))
+    return out
