@@ -1,7 +1,9 @@
 """The random parameters of a batch of views: one draw per view, from an explicit generator.
 
 The distributions are torchvision's (RandomResizedCrop, ColorJitter, RandomGrayscale, ...),
-drawn for all views at once; `engine.apply` turns them into pixels.
+drawn for all views at once; `engine.apply` turns them into pixels. Ops that are off draw
+nothing, and the ops added for the paper's Figure 4/5 comparisons (sobel, noise, cutout,
+rotate) draw after all the others: with them off, a seed gives the views it always gave.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class AugmentParams:
     blur_sigma: Tensor | None      # (N,) float sigma in pixels; 0 where not blurred
     blur_kernel: int               # odd kernel side, ~10% of the output side
     solarize: Tensor | None        # (N,) bool
+    # the ops of the paper's Figure 4/5 comparisons (fastclr/augment/extra.py); None: off
+    sobel: Tensor | None = None    # (N,) bool, replaced by its Sobel gradient magnitude
+    noise_std: Tensor | None = None  # (N,) float std of the added noise; 0 where not applied
+    noise: Tensor | None = None    # (N, C, S, S) float standard normal draws, times noise_std
+    cutout: Tensor | None = None   # (N, 4) int64 zeroed box top, left, bottom, right (ends
+    #                                excluded) in output pixels, clipped; empty: not applied
+    rotate: Tensor | None = None   # (N,) int64 quarter turns as torch.rot90 (counter-clockwise)
 
     def __len__(self) -> int:
         return self.top.shape[0]
@@ -63,7 +72,10 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
                   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
                   color_strength: float = 0.5, color_p: float = 0.8, gray_p: float = 0.2,
                   blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
-                  solarize_p: float = 0.0) -> AugmentParams:
+                  solarize_p: float = 0.0, sobel_p: float = 0.0, noise_p: float = 0.0,
+                  noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
+                  cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0
+                  ) -> AugmentParams:
     """Draw the random parameters of `n` views of (channels, height, width) images.
 
     All randomness comes from `generator` (its device is the device of the returned tensors),
@@ -71,7 +83,9 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
     torchvision's: crop area uniform in crop_scale * H * W, aspect ratio log-uniform in
     crop_ratio, the first of 10 tries that fits, else a centre crop; jitter factors uniform in
     [max(0, 1 - x), 1 + x] with x = 0.8 s for brightness, contrast and saturation, hue shift
-    uniform in [-0.2 s, 0.2 s] (paper, Appendix A, colour strength s).
+    uniform in [-0.2 s, 0.2 s] (paper, Appendix A, colour strength s). The ops of Figure 4:
+    noise std uniform in noise_std; cutout side uniform in cutout_scale * size, its centre a
+    uniform pixel (DeVries & Taylor 2017); rotation by 1, 2 or 3 quarter turns, uniform.
     """
     if channels not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {channels}")
@@ -106,10 +120,33 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
     if blur_p > 0:
         blur = torch.where(bernoulli(blur_p), uniform(*blur_sigma), 0.0)
     solarize = bernoulli(solarize_p) if solarize_p > 0 else None
+
+    # Figure 4's ops, drawn after all of the above so that they leave its draws unchanged
+    sobel = bernoulli(sobel_p) if sobel_p > 0 else None
+    std = noise = None
+    if noise_p > 0:
+        std = torch.where(bernoulli(noise_p), uniform(*noise_std), 0.0)
+        noise = torch.randn(n, channels, size, size, generator=generator, device=dev)
+    cutout = None
+    if cutout_p > 0:
+        applied = bernoulli(cutout_p)
+        u = torch.rand(n, 3, generator=generator, device=dev, dtype=torch.float64)
+        lo, hi = cutout_scale
+        side = torch.round((lo + (hi - lo) * u[:, 0]) * size).clamp_(min=1).long()
+        centre = torch.floor(u[:, 1:] * size).long().clamp_(max=size - 1)       # (n, 2) y, x
+        start = centre - (side // 2)[:, None]
+        box = torch.cat((start, start + side[:, None]), dim=1).clamp_(0, size)   # (n, 4)
+        cutout = torch.where(applied[:, None], box, 0)
+    rotate = None
+    if rotate_p > 0:
+        applied = bernoulli(rotate_p)
+        k = torch.randint(1, 4, (n,), generator=generator, device=dev)
+        rotate = torch.where(applied, k, 0)
     return AugmentParams(size=size, top=top, left=left, height=h, width=w, flip=flip,
                          jitter=jitter, brightness=brightness, contrast=contrast,
                          saturation=saturation, hue=hue, gray=gray, blur_sigma=blur,
-                         blur_kernel=blur_kernel_size(size), solarize=solarize)
+                         blur_kernel=blur_kernel_size(size), solarize=solarize, sobel=sobel,
+                         noise_std=std, noise=noise, cutout=cutout, rotate=rotate)
 
 
 def _sample_crops(generator: torch.Generator, n: int, height: int, width: int,
