@@ -1,16 +1,20 @@
-"""The paper's other transformations (Figure 4: sobel, noise, cutout, rotate), each against a
-plain per-image reference; and the default pipeline's draws and views, pinned to what they
-were before these ops existed."""
+"""The paper's other transformations (Figure 4: sobel, noise, cutout, rotate), op selection by
+name and the one-branch protocol (Figure 5), each against a plain per-image reference; and the
+default pipeline's draws and views, pinned to what they were before these ops existed."""
 
 import hashlib
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from augment.test_augment import (FIGURE4_OPS, PIPELINE_TOL, TOL, as_float, assert_rate, gen,
-                                  real_images, reference_sobel)
+                                  real_images, reference_sobel, reference_view)
 from fastclr import augment as A
 
 # ---- with the new ops off, a seed gives the views it always gave ------------------------------
@@ -137,6 +141,131 @@ def test_new_draws_are_per_view_and_in_range():
         assert_rate(p.rotate[p.rotate > 0] == k, 1 / 3)
 
 
+# ---- ops by name --------------------------------------------------------------------------------
+
+def test_ops_names_and_errors():
+    assert A.OPS == ("crop", "flip", "jitter", "gray", "sobel", "blur", "solarize", "noise",
+                     "cutout", "rotate")
+    assert A.check_ops(["rotate", "crop", "crop"]) == ("crop", "rotate")
+    assert A.check_ops(None) is None
+    with pytest.raises(ValueError, match="did you mean 'rotate'"):
+        A.SimCLRAugment(ops=("crop", "rotation"))
+    with pytest.raises(TypeError, match="tuple of op names"):
+        A.SimCLRAugment(ops="crop")
+    for name, value in (("noise_std", (0.2, 0.1)), ("cutout_scale", (0.0, 0.5)),
+                        ("cutout_p", 1.5), ("rotate_p", -0.1)):
+        with pytest.raises(ValueError, match=name):
+            A.SimCLRAugment(**{name: value})
+
+
+def test_op_names_import_without_torch():
+    # config and command-line code read OPS before torch is imported
+    code = ("import sys; from fastclr.augment.ops import OPS; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(len(OPS))")
+    root = Path(A.__file__).parents[2]                  # this checkout, not an installed copy
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "10", out.stderr
+
+
+EVERYTHING = dict(flip_p=0.5, color_strength=1.0, color_p=1.0, gray_p=0.5, blur_p=1.0,
+                  solarize_p=1.0, sobel_p=1.0, noise_p=1.0, cutout_p=1.0, rotate_p=1.0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_unlisted_ops_never_change_a_view(channels):
+    images = real_images(8, 24, channels)
+    aug = A.SimCLRAugment(size=20, ops=("crop", "flip"), **EVERYTHING)
+    p = aug.sample_params(images, gen(32), views=2)
+    for name in ("jitter", "gray", "blur_sigma", "solarize", "sobel", "noise_std", "cutout",
+                 "rotate"):
+        assert getattr(p, name) is None, name
+    assert p.flip.any() and not p.flip.all()
+    views = aug.stacked_views(images, gen(32))
+    ref = A.resized_crop(images.repeat(2, 1, 1, 1), p.top, p.left, p.height, p.width, 20,
+                         p.flip)
+    torch.testing.assert_close(views, ref, rtol=0, atol=TOL)
+
+
+def test_without_crop_views_are_the_whole_image():
+    images = real_images(6, 30)[..., :24]                                # (6, 3, 30, 24)
+    aug = A.SimCLRAugment(size=16, ops=("rotate",), rotate_p=1.0)
+    p = aug.sample_params(images, gen(33), views=2)
+    assert (p.top == 0).all() and (p.left == 0).all()
+    assert (p.height == 30).all() and (p.width == 24).all() and not p.flip.any()
+    views = aug.stacked_views(images, gen(33))
+    for i in range(12):
+        whole = TF.resize(as_float(images[i % 6]), [16, 16], antialias=True)
+        ref = torch.rot90(whole, int(p.rotate[i]), dims=(-2, -1))
+        torch.testing.assert_close(views[i], ref, rtol=0, atol=TOL)
+
+
+# ---- one branch (Figure 5) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_one_branch_identity_view_and_shared_crop(channels):
+    images = real_images(8, 32, channels)
+    aug = A.SimCLRAugment(size=24, crop_scale=(0.2, 1.0), ops=("rotate",), one_branch=True,
+                          **EVERYTHING)
+    p = aug.sample_params(images, gen(34), views=2)
+    first, second = p.select(slice(0, 8)), p.select(slice(8, 16))
+    for name in ("top", "left", "height", "width"):              # one crop for both views
+        assert torch.equal(getattr(first, name), getattr(second, name))
+    assert (p.height < 32).any()                                 # and a random one
+    assert (first.rotate == 0).all() and (second.rotate > 0).all() and not p.flip.any()
+    v1, v2 = aug.two_views(images, gen(34))
+    crop = A.resized_crop(images, first.top, first.left, first.height, first.width, 24)
+    torch.testing.assert_close(v1, crop, rtol=0, atol=TOL)     # the identity branch: crop only
+    for i in range(8):                                           # the other: crop, then rotate
+        torch.testing.assert_close(v2[i], torch.rot90(v1[i], int(second.rotate[i]), (-2, -1)),
+                                   rtol=0, atol=TOL)
+    with pytest.raises(ValueError, match="pairs"):
+        aug(images, gen(34))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C-kernel", "tensor-ops"])
+def test_one_branch_with_every_op(native):
+    if native and A.NATIVE is None:
+        pytest.skip("the C kernel was not built")
+    images = real_images(8, 40)
+    aug = A.SimCLRAugment(size=32, one_branch=True, native=native, **{**EVERYTHING,
+                          "blur_p": 0.5, "sobel_p": 0.3, "noise_p": 0.5, "cutout_p": 0.5})
+    p = aug.sample_params(images, gen(35), views=2)
+    first, second = p.select(slice(0, 8)), p.select(slice(8, 16))
+    # the identity branch holds neutral values for every op the other branch has
+    assert not first.flip.any() and not first.jitter.any() and (first.brightness == 1).all()
+    assert (first.hue == 0).all() and not first.gray.any() and (first.blur_sigma == 0).all()
+    assert not first.solarize.any() and not first.sobel.any() and (first.noise_std == 0).all()
+    assert (first.cutout == 0).all() and (first.rotate == 0).all()
+    # "crop" listed: the second view's box is a crop inside the first's
+    assert (second.top >= first.top).all() and (second.left >= first.left).all()
+    assert (second.top + second.height <= first.top + first.height).all()
+    assert (second.left + second.width <= first.left + first.width).all()
+    assert (second.height * second.width < first.height * first.width).any()
+    views = aug.stacked_views(images, gen(35))
+    for i in range(16):
+        torch.testing.assert_close(views[i], reference_view(images[i % 8], p, i), rtol=0,
+                                   atol=PIPELINE_TOL)
+
+
+def test_crop_within_maps_the_view_frame_into_the_box():
+    S = 16
+    outer = A.sample_params(gen(36), 200, 50, 40, size=S)
+    whole = A.sample_params(gen(37), 200, S, S, size=S, ops=())          # the whole S x S view
+    same = A.params.crop_within(outer, whole)
+    for name in ("top", "left", "height", "width"):
+        assert torch.equal(getattr(same, name), getattr(outer, name))
+    inner = A.sample_params(gen(38), 200, S, S, size=S, crop_scale=(0.01, 0.2))
+    box = A.params.crop_within(outer, inner)
+    assert (box.height >= 1).all() and (box.width >= 1).all()
+    assert (box.top >= outer.top).all() and (box.left >= outer.left).all()
+    assert (box.top + box.height <= outer.top + outer.height).all()
+    assert (box.left + box.width <= outer.left + outer.width).all()
+    # each edge is the inner edge scaled to the outer box, rounded: within half a pixel
+    scaled_top = outer.top + inner.top * outer.height / S
+    assert ((box.top - scaled_top).abs() <= 0.5 + 1e-9).all()
+
+
 # ---- CUDA ----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -149,7 +278,9 @@ def test_cuda_new_ops_match_cpu():
     cuda = A.apply(images.cuda(), moved)
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=PIPELINE_TOL)
     g, x = torch.Generator(device="cuda").manual_seed(0), images.cuda()
-    for aug in (A.SimCLRAugment(size=32, **FIGURE4_OPS),):
+    for aug in (A.SimCLRAugment(size=32, **FIGURE4_OPS),
+                A.SimCLRAugment(size=32, one_branch=True, ops=("crop", "noise", "rotate"),
+                                **FIGURE4_OPS)):
         aug.two_views(x, g)                                      # warm-up: lazy CUDA set-up
         torch.cuda.set_sync_debug_mode("error")                  # drawing and applying never
         try:                                                     # wait for the device
