@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fastclr.augment.colour import (_contrast_, _grayscale_, _hue_, _saturation_, gaussian_blur,
                                     solarize)
+from fastclr.augment.extra import add_noise, cutout, rotate_quarters, sobel
 from fastclr.augment.params import AugmentParams
 from fastclr.augment.resample import _resample_rows, _taps
 from fastclr.augment.workspace import Workspace
@@ -44,7 +45,9 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     `params` may hold k views per image (len(params) == k * N, view-major): view i is of image
     i % N, so two views need no copy of the input. Order of ops: crop+resize+flip, colour
     jitter (brightness, contrast, saturation, hue), grayscale, blur, solarize, as in the
-    paper's Appendix A (and BYOL for solarize). Colour jitter uses that fixed order rather
+    paper's Appendix A (and BYOL for solarize), with Figure 4's others where they fit: sobel
+    before blur, then noise, cutout and rotate (fastclr/augment/extra.py says why rotating
+    last is the same as right after the flip). Colour jitter uses that fixed order rather
     than torchvision's random per-sample order: batched, a random order needs the hue op (the
     costliest) in all four slots, or six brightness/contrast/saturation slots around one hue
     slot, about doubling the cost of colour; each op on its own matches torchvision.
@@ -53,10 +56,10 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     can reuse one: fresh memory costs a page fault per 4 KiB, on CPU a large part of the
     work); `memory_format` is the new output's layout when out is None.
 
-    `native`: on CPU tensors, run crop and colour in the C kernel (fastclr/_augment_cpu.c;
+    `native`: on CPU tensors, run crop and colour in the C kernel (fastclr/augment/_cpu.c;
     one view at a time in cache, several times faster than the tensor ops) rather than the
     PyTorch code both devices share. None: the kernel whenever it was built (`NATIVE`).
-    The two agree to float rounding (tests/test_augment.py).
+    The two agree to float rounding (tests/augment/).
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 images (N, 1 or 3, H, W), got {images.dtype} "
@@ -74,6 +77,10 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     elif out.shape != (n_views, C, S, S) or out.dtype != torch.float32 or out.device != dev:
         raise ValueError(f"out must be float32 {(n_views, C, S, S)} on {dev}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    if (params.noise_std is None) != (params.noise is None) or (
+            params.noise is not None and params.noise.shape != (n_views, C, S, S)):
+        raise ValueError(f"params.noise_std and params.noise go together, the noise "
+                         f"{(n_views, C, S, S)} like the views")
     # Everything per view that does not touch pixels, for all views at once: the 1-D taps
     # (n_views, S, k) of the y and x resampling (row within the image, weight) and colour.
     y_index, y_weight = _taps(params.top, params.height, H, S, None)
@@ -159,15 +166,25 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _has_spatial_extras(p: AugmentParams) -> bool:
-    return p.blur_sigma is not None or p.solarize is not None
+    return any(v is not None for v in (p.sobel, p.blur_sigma, p.solarize, p.noise_std,
+                                       p.cutout, p.rotate))
 
 
 def _spatial_extras(z: Tensor, p: AugmentParams) -> Tensor:
-    """Blur, then solarize, the views z (n, C, S, S) with p's n parameters; a new tensor."""
+    """The ops after colour on the views z (n, C, S, S) with p's n parameters, in order:
+    sobel, blur, solarize, noise, cutout, rotate; a new tensor (z is not written)."""
+    if p.sobel is not None:
+        z = sobel(z, p.sobel)
     if p.blur_sigma is not None:
         z = gaussian_blur(z, p.blur_sigma, p.blur_kernel)
     if p.solarize is not None:
         z = solarize(z, p.solarize)
+    if p.noise_std is not None:
+        z = add_noise(z, p.noise_std, p.noise)
+    if p.cutout is not None:
+        z = cutout(z, p.cutout)
+    if p.rotate is not None:
+        z = rotate_quarters(z, p.rotate)
     return z
 
 

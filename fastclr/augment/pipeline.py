@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from fastclr.augment.engine import apply
-from fastclr.augment.params import AugmentParams, sample_params
+from fastclr.augment.ops import check_ops
+from fastclr.augment.params import AugmentParams, cat_params, crop_within, sample_params
 from fastclr.augment.workspace import Workspace
 
 
@@ -17,21 +18,46 @@ class SimCLRAugment:
     Keyword arguments mirror fastclr.config's augment options; `size` is the output side
     (None: the input's side); `native` as in `apply`. Views are float32 in [0, 1], not
     normalised.
+
+    Figure 4's other ops are off by default (probability 0): sobel_p, noise_p with noise_std
+    (the paper gives no range; std up to 0.1, some 25 of 255 levels, is plain to see yet keeps
+    objects recognisable, and drawing it from 0 gives a spread of strengths like blur's
+    sigma), cutout_p with cutout_scale (the square's side as a fraction of the view's; 0.5 is
+    DeVries & Taylor's best 16 of 32 px on CIFAR-10, 0.25 their CIFAR-100 size), rotate_p.
+
+    `ops`: the op names (fastclr.augment.ops.OPS) that may happen, each still with its own
+    probability; an op not listed is off, and without "crop" a view is the whole image
+    resized. None: all. `one_branch`: Figure 5's protocol (Section 3: "we always first
+    randomly crop images and resize them to the same resolution, and we then apply the
+    targeted transformation(s) only to one branch ..., while leaving the other branch as the
+    identity"): the two views of an image share one random crop; the first view is that crop
+    alone, the second gets the listed ops on top of it, "crop" being a second random crop of
+    the first (see params.crop_within). One-branch views come in pairs (`two_views`).
     """
 
     def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
                  color_strength: float = 0.5, color_p: float = 0.8, gray_p: float = 0.2,
                  blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
-                 solarize_p: float = 0.0, native: bool | None = None):
+                 solarize_p: float = 0.0, sobel_p: float = 0.0, noise_p: float = 0.0,
+                 noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
+                 cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
+                 ops: tuple[str, ...] | None = None, one_branch: bool = False,
+                 native: bool | None = None):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         if not 0 < crop_ratio[0] <= crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {crop_ratio}")
         if not 0 < blur_sigma[0] <= blur_sigma[1]:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {blur_sigma}")
+        if not 0 <= noise_std[0] <= noise_std[1] <= 1:
+            raise ValueError(f"noise_std must satisfy 0 <= low <= high <= 1, got {noise_std}")
+        if not 0 < cutout_scale[0] <= cutout_scale[1] <= 1:
+            raise ValueError("cutout_scale (a fraction of the side) must satisfy "
+                             f"0 < low <= high <= 1, got {cutout_scale}")
         for name, p in (("flip_p", flip_p), ("color_p", color_p), ("gray_p", gray_p),
-                        ("blur_p", blur_p), ("solarize_p", solarize_p)):
+                        ("blur_p", blur_p), ("solarize_p", solarize_p), ("sobel_p", sobel_p),
+                        ("noise_p", noise_p), ("cutout_p", cutout_p), ("rotate_p", rotate_p)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {p}")
         if not 0 <= color_strength <= 2.5:
@@ -42,7 +68,11 @@ class SimCLRAugment:
         self.options = dict(size=size, crop_scale=tuple(crop_scale),
                             crop_ratio=tuple(crop_ratio), flip_p=flip_p,
                             color_strength=color_strength, color_p=color_p, gray_p=gray_p,
-                            blur_p=blur_p, blur_sigma=tuple(blur_sigma), solarize_p=solarize_p)
+                            blur_p=blur_p, blur_sigma=tuple(blur_sigma), solarize_p=solarize_p,
+                            sobel_p=sobel_p, noise_p=noise_p, noise_std=tuple(noise_std),
+                            cutout_p=cutout_p, cutout_scale=tuple(cutout_scale),
+                            rotate_p=rotate_p, ops=check_ops(ops))
+        self.one_branch = bool(one_branch)
         self.native = native            # see `apply`
         self.workspace = Workspace()
 
@@ -62,19 +92,30 @@ class SimCLRAugment:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"SimCLRAugment({args})"
+        return f"SimCLRAugment({args}, one_branch={self.one_branch!r})"
 
     def sample_params(self, images: Tensor, generator: torch.Generator,
                       views: int = 1) -> AugmentParams:
         """Parameters of `views` views of each image of the batch (view-major order)."""
         _check_generator(images, generator)
         n, C, H, W = images.shape
-        return sample_params(generator, views * n, H, W, C, **self.options)
+        if not self.one_branch:
+            return sample_params(generator, views * n, H, W, C, **self.options)
+        if views != 2:
+            raise ValueError("one_branch=True makes pairs of views (the identity branch and "
+                             "the transformed one): use two_views or stacked_views")
+        # the shared crop, then the targeted ops drawn on its S x S view
+        shared = sample_params(generator, n, H, W, C, **{**self.options, "ops": ("crop",)})
+        S = shared.size
+        targeted = crop_within(shared, sample_params(generator, n, S, S, C, **self.options))
+        return cat_params([shared, targeted])
 
     def __call__(self, images: Tensor, generator: torch.Generator, *,
                  out: Tensor | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        """One random view of each image: uint8 (N, C, H, W) -> float32 (N, C, S, S)."""
+        """One random view of each image: uint8 (N, C, H, W) -> float32 (N, C, S, S).
+
+        Not with one_branch=True, whose views come in pairs."""
         params = self.sample_params(images, generator)
         return apply(images, params, out=out, memory_format=memory_format,
                      workspace=self.workspace, native=self.native)
@@ -83,7 +124,8 @@ class SimCLRAugment:
                   out: Tensor | None = None,
                   memory_format: torch.memory_format = torch.contiguous_format
                   ) -> tuple[Tensor, Tensor]:
-        """Two independent views of each image, drawn and applied in one batched pass of 2N.
+        """Two views of each image (independent unless one_branch), drawn and applied in one
+        batched pass of 2N.
 
         Both are halves of one (2N, C, S, S) tensor, `out` if given (see `apply`).
         """

@@ -140,6 +140,23 @@ def test_grayscale_blur_solarize_match_torchvision():
         torch.testing.assert_close(ours[i], ref, rtol=0, atol=0)
 
 
+# Figure 4's other ops, each on about half of the views
+FIGURE4_OPS = dict(sobel_p=0.3, noise_p=0.5, noise_std=(0.02, 0.2), cutout_p=0.5,
+                   rotate_p=0.7)
+
+
+def reference_sobel(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of one image (C, H, W): luma, replicate padding, the two 3x3
+    kernels as convolutions, divided by 4 sqrt(2); in every channel."""
+    luma = TF.rgb_to_grayscale(x) if x.shape[0] == 3 else x                     # (1, H, W)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    padded = torch.nn.functional.pad(luma[None], (1, 1, 1, 1), mode="replicate")
+    gx = torch.nn.functional.conv2d(padded, kx.view(1, 1, 3, 3))
+    gy = torch.nn.functional.conv2d(padded, kx.T.reshape(1, 1, 3, 3))
+    magnitude = torch.sqrt(gx ** 2 + gy ** 2)[0] / (4 * math.sqrt(2))
+    return magnitude.expand_as(x)
+
+
 def reference_view(image: torch.Tensor, p: A.AugmentParams, i: int) -> torch.Tensor:
     """torchvision per image with the parameters of view i, in fastclr's order."""
     x = TF.resized_crop(as_float(image), int(p.top[i]), int(p.left[i]), int(p.height[i]),
@@ -154,11 +171,20 @@ def reference_view(image: torch.Tensor, p: A.AugmentParams, i: int) -> torch.Ten
             x = TF.adjust_hue(x, float(p.hue[i]))
     if p.gray is not None and p.gray[i]:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if p.sobel is not None and p.sobel[i]:
+        x = reference_sobel(x)
     if p.blur_sigma is not None and p.blur_sigma[i] > 0:
         s = float(p.blur_sigma[i])
         x = TF.gaussian_blur(x, [p.blur_kernel] * 2, [s, s])
     if p.solarize is not None and p.solarize[i]:
         x = TF.solarize(x, 0.5)
+    if p.noise_std is not None:
+        x = (x + float(p.noise_std[i]) * p.noise[i]).clamp(0, 1)
+    if p.cutout is not None:
+        top, left, bottom, right = p.cutout[i].tolist()
+        x = TF.erase(x, top, left, bottom - top, right - left, torch.tensor(0.0))
+    if p.rotate is not None:
+        x = torch.rot90(x, int(p.rotate[i]), dims=(-2, -1))
     return x
 
 
@@ -167,6 +193,8 @@ def reference_view(image: torch.Tensor, p: A.AugmentParams, i: int) -> torch.Ten
     (3, 40, dict(size=32, color_strength=1.0, blur_p=0.5, solarize_p=0.3,
                  crop_scale=(0.08, 1.0))),
     (1, 28, dict(color_strength=1.0)),
+    (3, 40, dict(size=32, blur_p=0.5, solarize_p=0.3, **FIGURE4_OPS)),
+    (1, 28, dict(size=24, color_strength=1.0, blur_p=0.5, **FIGURE4_OPS)),
 ])
 @pytest.mark.parametrize("native", [True, False], ids=["C-kernel", "tensor-ops"])
 def test_pipeline_matches_torchvision_per_image(channels, in_size, options, native,
@@ -209,6 +237,8 @@ def test_c_kernel_is_built_where_a_compiler_is():
     (3, (32, 32), dict(color_p=0.0, gray_p=0.0)),                                # crop only
     (1, (28, 28), dict(color_strength=1.0)),
     (1, (50, 36), dict(size=17)),
+    (3, (40, 40), dict(size=32, blur_p=0.5, **FIGURE4_OPS)),
+    (1, (28, 28), dict(color_strength=1.0, **FIGURE4_OPS)),
 ])
 def test_c_kernel_matches_tensor_ops(channels, in_hw, options):
     H, W = in_hw
