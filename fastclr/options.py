@@ -11,6 +11,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from fastclr.augment.ops import OPS, check_ops
 from fastclr.errors import ConfigError
 from fastclr.registry import BACKBONES, HEADS, LOSSES, NORMS, OPTIMIZERS
 
@@ -65,6 +66,27 @@ class Config:
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "gaussian blur sigma range", "augment")
     solarize_p: float = _opt(0.0, "probability of solarization (not in SimCLR v1; BYOL uses "
                              "0.2 on one view)", "augment", prob=True)
+    sobel_p: float = _opt(0.0, "probability of Sobel filtering (Figure 4: edges of the luma)",
+                          "augment", prob=True)
+    noise_p: float = _opt(0.0, "probability of additive gaussian noise (Figure 4)", "augment",
+                          prob=True)
+    noise_std: tuple[float, float] = _opt((0.0, 0.1), "range of the noise's standard deviation "
+                                          "(pixels in [0, 1])", "augment", low=0.0, high=1.0)
+    cutout_p: float = _opt(0.0, "probability of cutout (Figure 4; DeVries and Taylor 2017): a "
+                           "zeroed square", "augment", prob=True)
+    cutout_scale: tuple[float, float] = _opt((0.1, 0.5), "range of the cutout square's side as "
+                                             "a fraction of the image side", "augment",
+                                             unit=True)
+    rotate_p: float = _opt(0.0, "probability of a rotation by 90, 180 or 270 degrees "
+                           "(Figure 4)", "augment", prob=True)
+    augment: str | None = _opt(None, "comma list of the augmentation ops to use, in any "
+                               "order; they run in this one: "
+                               f"{', '.join(OPS)} (color: the paper's colour distortion, "
+                               "jitter and gray); each still applies with its probability; "
+                               "default: all", "augment")
+    one_branch: bool = _opt(False, "Figure 5's protocol: both views share one random crop, "
+                            "and the ops of --augment apply to the second view only (crop "
+                            "there is a second crop)", "augment")
 
     # ---- model -----------------------------------------------------------------------------
     arch: str = _opt("resnet18", "encoder f, a backbone by name", "model", choices=BACKBONES)
@@ -217,6 +239,10 @@ class Config:
             raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        try:
+            check_ops(self.augment_ops)
+        except ValueError as e:
+            raise ConfigError(f"augment: {e}") from None
         if self.semi_hard and self.loss == "nt-xent":
             raise ConfigError("semi_hard mines negatives for nt-logistic and margin-triplet "
                               "(Table 4); nt-xent weighs every negative by itself")
@@ -235,6 +261,14 @@ class Config:
             raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
                               f"got {self.data!r}")
         return self
+
+    @property
+    def augment_ops(self) -> tuple[str, ...] | None:
+        """The op names of `augment` (None: all)."""
+        if self.augment is None:
+            return None
+        names = [n.strip() for n in self.augment.split(",") if n.strip()]
+        return tuple(op for n in names for op in (("jitter", "gray") if n == "color" else (n,)))
 
     @property
     def allowed_changes(self) -> tuple[str, ...]:

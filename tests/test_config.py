@@ -84,3 +84,36 @@ def test_round_trip_through_a_saved_dict():
     cfg = load_config("fashion-mnist-cpu", text_overrides={"seed": "3"})
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
+
+
+def test_augment_ops_by_name():
+    cfg = load_config(None, text_overrides={"augment": "crop, color", "one_branch": "true"})
+    assert cfg.augment_ops == ("crop", "jitter", "gray") and cfg.one_branch
+    with pytest.raises(ConfigError, match="unknown augmentation op 'colr'"):
+        load_config(None, text_overrides={"augment": "crop,colr"})
+
+
+def test_every_augmentation_argument_has_an_option():
+    import inspect
+
+    from fastclr.augment import SimCLRAugment
+    from fastclr.augment.pipeline import augment_from_config
+    cfg = load_config("fashion-mnist-cpu", text_overrides={"noise_p": "0.3", "augment": "noise"})
+    aug = augment_from_config(cfg, channels=1)
+    assert aug.options["noise_p"] == 0.3
+    assert set(inspect.signature(SimCLRAugment).parameters) - {"native"} <= \
+        set(aug.options) | {"ops", "one_branch"}
+    with pytest.raises(ConfigError, match="gray needs colour images"):
+        augment_from_config(load_config(None, text_overrides={"augment": "crop,gray"}), 1)
+
+
+def test_loss_and_norm_rules():
+    with pytest.raises(ConfigError, match="semi_hard"):
+        load_config(None, text_overrides={"semi_hard": "true"})
+    with pytest.raises(ConfigError, match="neither encoder_norm nor head_norm is batch"):
+        load_config(None, text_overrides={"bn_groups": "2", "encoder_norm": "layer",
+                                          "head_norm": "none"})
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_config(None, text_overrides={"bn_groups": "3", "batch_size": "256"})
+    with pytest.raises(ConfigError, match="unknown loss|must be one of"):
+        load_config(None, text_overrides={"loss": "infonce"})

@@ -38,7 +38,7 @@ def _plain_gather(x):
     return torch.cat(parts)
 
 
-def one_step(rank, world, out, broken, port=0):
+def one_step(rank, world, out, broken, port=0, overrides=None):
     """One training step through the real Run.train_step; saves loss and parameters."""
     from fastclr import distributed, loss
     from fastclr.data import Pretrain
@@ -52,8 +52,9 @@ def one_step(rank, world, out, broken, port=0):
         loss.gather_with_grad = _plain_gather
     ctx = distributed.setup("cpu")
     try:
-        cfg = tiny_config(out, batch_size=N, warmup_epochs=0.0, sync_bn=True, width=0.125,
-                          optimizer="lars", base_lr=0.3)
+        options = dict(batch_size=N, warmup_epochs=0.0, sync_bn=True, width=0.125,
+                       optimizer="lars", base_lr=0.3)
+        cfg = tiny_config(out, **{**options, **(overrides or {})})
         images = _images()
         run = build_run(cfg, ctx, Pretrain.from_images(images))
         run.augment = FixedViews()
@@ -188,3 +189,21 @@ def test_every_loss_on_two_processes_equals_one(tmp_path):
         g2 = torch.cat([p["g2"] for p in got]) / 2
         torch.testing.assert_close(g1, z1.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {options}")
         torch.testing.assert_close(g2, z2.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {options}")
+
+
+def test_grouped_batch_norm_equals_devices_without_global_bn(tmp_path):
+    """bn_groups=2 in one process == 2 processes with per-device BN (sync_bn false): the same
+    loss and, on rank 0 (whose BN statistics DDP broadcasts), the same weights and stats."""
+    single, double = tmp_path / "one", tmp_path / "two"
+    single.mkdir(), double.mkdir()
+    one_step(0, 1, single, broken=False, overrides={"bn_groups": 2})
+    mp.spawn(one_step, args=(2, double, False, _free_port(), {"sync_bn": False}), nprocs=2,
+             join=True)
+    a, b = torch.load(single / "rank0.pt"), torch.load(double / "rank0.pt")
+    assert b["loss"].item() == pytest.approx(a["loss"].item(), rel=1e-5)
+    assert _mismatch(a, b) == []
+    # and global statistics differ: the comparison can tell the two apart
+    c = tmp_path / "global"
+    c.mkdir()
+    one_step(0, 1, c, broken=False)
+    assert torch.load(c / "rank0.pt")["loss"].item() != pytest.approx(a["loss"].item(), rel=1e-5)

@@ -151,10 +151,22 @@ def _check_generator(images: Tensor, generator: torch.Generator) -> None:
                          f"{images.device}; create it with torch.Generator(device=...)")
 
 
-def augment_from_config(cfg) -> SimCLRAugment:
-    """The training augmentation of a run's config (fastclr.config.Config)."""
-    return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
-                         crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p,
-                         color_strength=cfg.color_strength, color_p=cfg.color_p,
-                         gray_p=cfg.gray_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma,
-                         solarize_p=cfg.solarize_p)
+# SimCLRAugment arguments that config options of another name set
+_OPTION_NAMES = {"size": "image_size", "ops": "augment_ops"}
+
+
+def augment_from_config(cfg, channels: int | None = None) -> SimCLRAugment:
+    """The training augmentation of a run's config (fastclr.config.Config): every argument of
+    SimCLRAugment comes from the option of the same name. With `channels` (the data's), an op
+    the user asked for that cannot act on one-channel images is refused."""
+    import inspect
+
+    from fastclr.errors import ConfigError
+
+    names = [p for p in inspect.signature(SimCLRAugment).parameters if p != "native"]
+    kwargs = {p: getattr(cfg, _OPTION_NAMES.get(p, p)) for p in names}
+    asked = [n.strip() for n in (cfg.augment or "").split(",")]
+    if channels == 1 and "gray" in asked:
+        raise ConfigError("augment: gray needs colour images; this data set has one channel "
+                          "(its colour distortion is brightness and contrast)")
+    return SimCLRAugment(**kwargs)
