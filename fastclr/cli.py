@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from fastclr.errors import FastclrError
 
@@ -196,6 +197,50 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from fastclr.registry import STUDIES
+    from fastclr.study.runner import list_budgets, load_budget, plan
+
+    if args.list or args.name is None:
+        for name in STUDIES:
+            print(f"{name:16} {STUDIES.help(name)}")
+        print(f"budgets: {', '.join(list_budgets())} (or a YAML file of your own)")
+        return 0 if args.list else EXIT_USAGE
+    budget = load_budget(args.budget)
+    names = [n for n in STUDIES if n != "augment-full"] if args.name == "all" else [args.name]
+    for name in names:
+        plan(STUDIES.get(name), budget, Path(args.out))  # every config checked before a run
+    _set_threads(args.threads)
+    from fastclr.study.runner import run_only, run_study
+    if args.only:
+        run_only(names[0], budget, Path(args.out), args.only, args.device)
+        return 0
+    reports, seconds = {}, {}
+    for name in names:
+        report_dir = Path(args.report_dir) / name if args.report_dir else None
+        reports[name] = run_study(name, budget, Path(args.out), args.jobs,
+                                  args.devices.split(",") if args.devices else [args.device],
+                                  report_dir)
+        where = report_dir or Path(args.out) / name
+        print(f"study {name}: report in {where / 'report.md'}")
+        for claim in reports[name]["claims"]:
+            print(f"  {claim['verdict']:>13}: {claim['claim']} ({claim['detail']})")
+        seconds[name] = _study_seconds(where)
+    if args.name == "all":
+        from fastclr.study.report import write_overview
+        page = write_overview(reports, Path(args.report_dir or args.out), seconds)
+        print(f"overview: {page}")
+    return 0
+
+
+def _study_seconds(folder) -> float:
+    import json
+    try:
+        return sum(t["seconds"] for t in json.loads((folder / "timing.json").read_text()))
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
 def cmd_presets(args) -> int:
     from fastclr.config import list_presets, resolve_preset
 
@@ -295,6 +340,30 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_threads_option(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("study", help="run one of the paper's ablations as a grid of runs with "
+                       "several seeds, and report which claims hold",
+                       description="Run a study: a grid of pretraining runs that differ in one "
+                       "factor (or two), several seeds each, everything else from a budget; "
+                       "then evaluate every run and write report.md, report.json and PNGs. "
+                       "Stopped and run again, it skips finished runs and resumes the rest. "
+                       "`fastclr study --list` names the studies.")
+    p.add_argument("name", nargs="?", help="a study (see --list), or all")
+    p.add_argument("--list", action="store_true", help="list the studies and budgets")
+    p.add_argument("--budget", default="quick", help="quick (2 CPU cores, ~30 min a study), "
+                   "paper (one GPU, the CIFAR-10 recipe) or a YAML file (default quick)")
+    p.add_argument("--out", default="studies", help="folder of the studies' run folders "
+                   "(default studies/)")
+    p.add_argument("--report-dir", default=None, help="write each report to DIR/<study>/ "
+                   "instead of beside the runs (e.g. docs/studies)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process "
+                   "(default 1)")
+    p.add_argument("--devices", default=None, help="comma list of devices the jobs take in "
+                   "turn, e.g. cuda:0,cuda:1")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--only", default=None, metavar="CELL/seedK", help=argparse.SUPPRESS)
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

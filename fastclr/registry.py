@@ -140,7 +140,30 @@ PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",
                   "alignment, uniformity, effective rank, contrastive top-1")
 PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
                   "training curves, t-SNE embedding map, nearest-neighbour grid")
+PROTOCOLS.declare("pca", "fastclr.eval.protocols:run_pca",
+                  "linear probes on h compressed by PCA to 2, 4, 8, ... dimensions")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",
                   "slow: a linear layer by SGD on crop + flip views of the frozen encoder")
 PROTOCOLS.declare("finetune", "fastclr.eval.protocols:run_finetune",
                   "slow: fine-tuning on class-balanced 1% and 10% of the labels (section 6)")
+
+STUDIES = Registry("study")
+for _name, _target, _help in (
+        ("head", "HEAD", "Figure 8, section 4.2: no / linear / nonlinear head; h against z"),
+        ("proj-dim", "PROJ_DIM", "Figure 8: the head's output size, 8 to 2048"),
+        ("embedding-size", "EMBEDDING_SIZE", "the notes: the size of h, of z, and of h "
+         "compressed by PCA"),
+        ("temperature", "TEMPERATURE", "Table 5: tau 0.05 to 1 with l2-normalised z, 10 and "
+         "100 without"),
+        ("loss", "LOSS", "Tables 2 and 4: NT-Xent, NT-Logistic, margin triplet, semi-hard "
+         "negatives"),
+        ("augment", "AUGMENT", "Figure 5: single ops and pairs on one branch (crop, colour, "
+         "cutout, rotate)"),
+        ("augment-full", "AUGMENT_FULL", "Figure 5: single ops and pairs of all seven ops"),
+        ("color-strength", "COLOR_STRENGTH", "Table 1: colour strength 0 to 1 (+ blur), SimCLR "
+         "against supervised"),
+        ("batch-size", "BATCH_SIZE", "Figure 9: batch 64 to 1024 at two training lengths"),
+        ("model-size", "MODEL_SIZE", "Figure 7: width and depth, SimCLR against supervised"),
+        ("norm", "NORM", "section 2.2 and the notes: global BN, per-device BN, layer and group "
+         "norm")):
+    STUDIES.declare(_name, f"fastclr.study.catalog:{_target}", _help)

@@ -95,6 +95,24 @@ def run_linear(s: Session) -> dict:
     return out
 
 
+PCA_DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def run_pca(s: Session) -> dict:
+    """h compressed after training: a linear probe on the top-k principal components of the
+    training features, for each k below h's size (the notes' "smaller embeddings")."""
+    h_train, h_test = s.h()
+    mean = h_train.mean(0)
+    _, _, components = torch.linalg.svd(h_train - mean, full_matrices=False)  # (D, D) rows
+    out = {}
+    for k in (k for k in PCA_DIMS if k < h_train.shape[1]):
+        basis = components[:k].T  # (D, k)
+        probe = linear_probe((h_train - mean) @ basis, s.train.labels, (h_test - mean) @ basis,
+                             s.test.labels, seed=s.seed)
+        out[str(k)] = probe["top1"]
+    return {"pca_top1": out}
+
+
 def run_knn(s: Session) -> dict:
     h_train, h_test = s.h()
     k, temp = s.cfg.knn_k, s.cfg.knn_temperature

@@ -1,0 +1,153 @@
+"""`fastclr study`: a tiny study end to end, stopped by SIGKILL and run again; the verdict
+rule on made-up numbers; bad cells refused before anything runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fixtures import HANG_SECONDS, SAMPLE
+from fastclr.errors import ConfigError
+from fastclr.study.verdicts import FAILS, HOLDS, UNSURE, Alike, Best, Better, GapShrinks, Trend
+
+# a 2-cell study, registered in the process that runs it (the CLI's own code path)
+TINY = f"""
+import sys
+from fastclr.registry import STUDIES
+from fastclr.study.catalog import Cell, Study
+from fastclr.study.verdicts import Better
+STUDIES.register("tiny", Study("tiny", "two heads", "test", "?", (
+    Cell("linear", {{"head": "linear"}}), Cell("nonlinear", {{"head": "nonlinear"}})),
+    claims=(Better("nonlinear beats linear", "nonlinear", "linear"),)))
+from fastclr.cli import main
+sys.exit(main(["study", "tiny", "--budget", sys.argv[1], "--out", "studies"]))
+"""
+
+BUDGET = f"""
+base: fashion-mnist-cpu
+seeds: [0, 1]
+options: {{data_dir: {SAMPLE}, width: 0.125, stem: small-s2, batch_size: 32, epochs: 1,
+          max_steps: 6, checkpoint_every: 2, log_every: 1, tensorboard: false,
+          deterministic: true, threads: 1, eval_batch_size: 256}}
+"""
+
+
+def _study(cwd, budget):
+    return subprocess.Popen([sys.executable, "-c", TINY, str(budget)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_and_reports_as_if_never_stopped(tmp_path):
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(BUDGET)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    out, _ = _study(whole, budget).communicate(timeout=HANG_SECONDS)
+    assert "study tiny: report in" in out, out[-2000:]
+
+    cells = killed / "studies" / "tiny" / "cells"
+    proc = _study(killed, budget)
+    deadline = time.monotonic() + HANG_SECONDS
+    # kill once the first run is done and the second has trained past its first checkpoint
+    while not (list(cells.glob("*/seed0/study.json"))
+               and list(cells.glob("*/seed1/checkpoints/ckpt-*.pt"))):
+        assert proc.poll() is None, proc.stdout.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = next(cells.glob("*/seed0/study.json"))
+    stamp = first.stat().st_mtime_ns
+    out, _ = _study(killed, budget).communicate(timeout=HANG_SECONDS)
+    assert "already done" in out and "study tiny: report in" in out, out[-2000:]
+    assert first.stat().st_mtime_ns == stamp  # the finished run was not redone
+    for name in ("report.md", "report.json"):
+        a = (whole / "studies" / "tiny" / name).read_text()
+        b = (killed / "studies" / "tiny" / name).read_text()
+        assert a == b, name
+    report = json.loads((killed / "studies" / "tiny" / "report.json").read_text())
+    assert report["claims"][0]["verdict"] in (HOLDS, FAILS, UNSURE)
+    assert len(report["cells"]["linear"]["seeds"]) == 2
+
+
+def test_a_cell_the_base_cannot_take_is_refused_before_anything_runs(tmp_path):
+    from fastclr.registry import STUDIES
+    from fastclr.study.catalog import Cell, Study
+    from fastclr.study.runner import load_budget, run_study
+
+    bad = Study("bad-test", "t", "test", "?", (Cell("ok", {}), Cell("typo", {"widht": 2})))
+    STUDIES.register("bad-test", bad)
+    try:
+        budget = tmp_path / "b.yaml"
+        budget.write_text(BUDGET)
+        with pytest.raises(ConfigError, match="cell 'typo': unknown option 'widht'"):
+            run_study("bad-test", load_budget(str(budget)), tmp_path / "studies")
+        assert not (tmp_path / "studies").exists()  # nothing ran, nothing was written
+    finally:
+        STUDIES.unregister("bad-test")
+
+
+def test_study_cli_refuses_a_bad_budget_in_one_line(tmp_path, capsys):
+    from fastclr.cli import main
+    (tmp_path / "b.yaml").write_text("base: fashion-mnist-cpu\nseed: [0]\n")
+    assert main(["study", "head", "--budget", str(tmp_path / "b.yaml")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "knows only base, seeds" in err[0]
+
+
+def table(**cells):
+    """{cell: {"m": (mean, sd, n)}} from cell=(mean, sd)."""
+    return {k: {"m": (mean, sd, 3), "z": (mean - 5, sd, 3)} for k, (mean, sd) in cells.items()}
+
+
+def test_better():
+    t = table(a=(80.0, 0.5), b=(78.0, 0.5), c=(79.9, 0.5))
+    assert Better("", "a", "b", "m").judge(t).verdict == HOLDS  # 2.0 > 0.71
+    assert Better("", "b", "a", "m").judge(t).verdict == FAILS
+    assert Better("", "a", "c", "m").judge(t).verdict == UNSURE  # 0.1 < 0.71
+    assert Better("", "a", "b", "m", by=10).judge(t).verdict == FAILS  # 2 - 10 < -0.71
+    assert Better("", "a", "a@z", "m").judge(t).verdict == HOLDS  # metric against metric
+    assert Better("", "a", "c", "m", by=-1.0).judge(t).verdict == HOLDS  # "at most 1 worse"
+
+
+def test_trend_best_alike_gap():
+    rising = table(a=(70.0, 0.3), b=(71.0, 0.3), c=(72.0, 0.3))
+    assert Trend("", ("a", "b", "c"), "m").judge(rising).verdict == HOLDS
+    assert Trend("", ("a", "b", "c"), "m", direction=-1).judge(rising).verdict == FAILS
+    bumpy = table(a=(70.0, 0.3), b=(75.0, 0.3), c=(72.0, 0.3))
+    assert Trend("", ("a", "b", "c"), "m").judge(bumpy).verdict == UNSURE  # b -> c drops
+    assert Best("", "b", ("a", "b", "c"), "m").judge(bumpy).verdict == HOLDS
+    assert Best("", "c", ("a", "b", "c"), "m").judge(bumpy).verdict == FAILS
+    assert Alike("", ("a", "b"), 1.0, "m").judge(rising).verdict == UNSURE  # 1.0 vs width 1
+    assert Alike("", ("a", "c"), 5.0, "m").judge(rising).verdict == HOLDS
+    assert Alike("", ("a", "b"), 1.0, "m").judge(bumpy).verdict == FAILS
+    gaps = table(s1=(80.0, 0.2), u1=(70.0, 0.2), s2=(80.0, 0.2), u2=(76.0, 0.2))
+    assert GapShrinks("", (("s1", "u1"), ("s2", "u2")), "m").judge(gaps).verdict == HOLDS
+    assert GapShrinks("", (("s2", "u2"), ("s1", "u1")), "m").judge(gaps).verdict == FAILS
+
+
+def test_one_seed_has_no_spread_and_single_values_still_judge():
+    t = {"a": {"m": (80.0, float("nan"), 1)}, "b": {"m": (79.0, float("nan"), 1)}}
+    assert Better("", "a", "b", "m").judge(t).verdict == HOLDS  # no spread known: s = 0
+
+
+def test_every_shipped_study_plans_with_every_budget(tmp_path):
+    from fastclr.registry import STUDIES
+    from fastclr.study.runner import list_budgets, load_budget, plan
+    for budget in list_budgets():
+        b = load_budget(budget)
+        for name in STUDIES:
+            jobs = plan(STUDIES.get(name), b, tmp_path)
+            assert len(jobs) == len(STUDIES.get(name).cells) * len(b.seeds_for(name))
+            labels = {c.label for c in STUDIES.get(name).cells}
+            for claim in STUDIES.get(name).claims:  # every claim names real cells
+                named = [getattr(claim, k) for k in ("a", "b", "cell") if hasattr(claim, k)]
+                named += list(getattr(claim, "cells", ()))
+                named += [c for pair in getattr(claim, "pairs", ()) for c in pair]
+                assert {n.partition("@")[0] for n in named} <= labels, (name, claim.text)
