@@ -62,7 +62,7 @@ flag_values = st.one_of(st.text(max_size=10),
 @CASES
 @given(st.lists(st.tuples(flag_names, flag_values), max_size=5))
 def test_cli_arguments_parse_or_fail_cleanly(capsys, pairs):
-    from fastclr.cli import _config_from_args
+    from fastclr.commands import _config_from_args
 
     argv = ["train"] + [x for pair in pairs for x in pair]
     try:
