@@ -139,7 +139,8 @@ def cmd_preview(args) -> int:
 
 def cmd_study(args) -> int:
     from fastclr.registry import STUDIES
-    from fastclr.study.runner import list_budgets, load_budget, plan
+    from fastclr.study.budget import list_budgets, load_budget
+    from fastclr.study.runner import plan
 
     if args.list or args.name is None:
         for name in STUDIES:

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from fastclr.study.verdicts import Alike, Best, Better, GapShrinks, Trend
 
 
+# how reports name the metrics a study reads
+NAMES = {"linear_top1": "linear top-1", "linear_z_top1": "linear on z", "knn_top1": "kNN top-1",
+         "contrastive_top1_z": "contrastive top-1", "train_loss": "final loss"}
+
+
 @dataclass(frozen=True)
 class Cell:
     label: str  # its row in the tables and its folder name

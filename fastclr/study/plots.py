@@ -10,8 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from fastclr.eval.plots import _save_png
-from fastclr.study.catalog import Study
-from fastclr.study.report import NAMES
+from fastclr.study.catalog import NAMES, Study
 
 
 def draw(study: Study, table: dict, out: Path, extra: dict) -> list[str]:

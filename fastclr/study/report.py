@@ -13,11 +13,9 @@ import statistics
 from pathlib import Path
 
 from fastclr.checkpoint import atomic_write
-from fastclr.study.catalog import Study
+from fastclr.study.catalog import NAMES, Study
 from fastclr.study.verdicts import RULE
 
-NAMES = {"linear_top1": "linear top-1", "linear_z_top1": "linear on z", "knn_top1": "kNN top-1",
-         "contrastive_top1_z": "contrastive top-1", "train_loss": "final loss"}
 
 
 def metric_value(metrics: dict, name: str) -> float:
@@ -129,18 +127,11 @@ def markdown(study: Study, budget, table, verdicts, extra, pictures, jobs, root,
     if pictures:
         lines += ["## Pictures", "", *(f"![{p}]({p})" for p in pictures), ""]
     lines += ["## Reproduce", "", "```bash",
-              f"fastclr study {study.name} --budget {_budget_argument(budget)}", "```", "",
+              f"fastclr study {study.name} --budget {budget.argument}", "```", "",
               f"Run folders: `{Path(root) / study.name / 'cells'}/<cell>/seed<k>` (each an "
               "ordinary fastclr run folder with its own config.yaml, run.json, report.json).",
               ""]
     return "\n".join(lines)
-
-
-def _budget_argument(budget) -> str:
-    """The budget as `--budget` takes it: its name when it ships with fastclr, else its file."""
-    from fastclr.study.runner import BUDGET_DIR
-    shipped = Path(budget.source).parent.resolve() == BUDGET_DIR.resolve()
-    return budget.name if shipped else budget.source
 
 
 def sizes_summary(study: Study, jobs, results: dict) -> dict:

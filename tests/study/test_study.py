@@ -15,13 +15,13 @@ from fastclr.errors import ConfigError
 from fastclr.study.verdicts import FAILS, HOLDS, UNSURE, Alike, Best, Better, GapShrinks, Trend
 
 # a 2-cell study, registered in the process that runs it (the CLI's own code path)
-TINY = f"""
+TINY = """
 import sys
 from fastclr.registry import STUDIES
 from fastclr.study.catalog import Cell, Study
 from fastclr.study.verdicts import Better
 STUDIES.register("tiny", Study("tiny", "two heads", "test", "?", (
-    Cell("linear", {{"head": "linear"}}), Cell("nonlinear", {{"head": "nonlinear"}})),
+    Cell("linear", {"head": "linear"}), Cell("nonlinear", {"head": "nonlinear"})),
     claims=(Better("nonlinear beats linear", "nonlinear", "linear"),)))
 from fastclr.cli import main
 sys.exit(main(["study", "tiny", "--budget", sys.argv[1], "--out", "studies"]))
@@ -79,7 +79,8 @@ def test_a_killed_study_resumes_and_reports_as_if_never_stopped(tmp_path):
 def test_a_cell_the_base_cannot_take_is_refused_before_anything_runs(tmp_path):
     from fastclr.registry import STUDIES
     from fastclr.study.catalog import Cell, Study
-    from fastclr.study.runner import load_budget, run_study
+    from fastclr.study.budget import load_budget
+    from fastclr.study.runner import run_study
 
     bad = Study("bad-test", "t", "test", "?", (Cell("ok", {}), Cell("typo", {"widht": 2})))
     STUDIES.register("bad-test", bad)
@@ -139,7 +140,8 @@ def test_one_seed_has_no_spread_and_single_values_still_judge():
 
 def test_every_shipped_study_plans_with_every_budget(tmp_path):
     from fastclr.registry import STUDIES
-    from fastclr.study.runner import list_budgets, load_budget, plan
+    from fastclr.study.budget import list_budgets, load_budget
+    from fastclr.study.runner import plan
     for budget in list_budgets():
         b = load_budget(budget)
         for name in STUDIES:
