@@ -47,5 +47,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
         local = torch.arange(2 * n, device=z.device)
         own = rank * 2 * n + local  # each anchor's own column (similarity 1/tau: excluded)
         positive = rank * 2 * n + (local + n) % (2 * n)  # the other view of the same image
-        logits = logits.masked_fill(F.one_hot(own, logits.shape[1]).bool(), float("-inf"))
+        # (2N, 2N*G) True at each anchor's own column. Not F.one_hot: on the CPU it reads the
+        # indices' min and max back to the host to check them, a sync the step must not have
+        columns = torch.arange(logits.shape[1], device=z.device)
+        logits = logits.masked_fill(own[:, None] == columns, float("-inf"))
         return F.cross_entropy(logits, positive)
