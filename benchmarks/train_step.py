@@ -200,11 +200,25 @@ def parse_args(argv):
                    "GPUs, bf16 or tf32 dense; none for CPUs)")
     p.add_argument("--no-peer", action="store_true", help="time fastclr's step only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--show", metavar="JSON", help="print the report of a saved --json result "
+                   "and exit (benchmarks/gpu.sh does)")
     return p.parse_args(argv)
+
+
+def show(path: str) -> int:
+    try:
+        result = json.loads(open(path).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        print(f"no result in {path} (see the errors above)")
+        return 1
+    print(report(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.show:
+        return show(args.show)
     overrides = {"device": args.device, "tensorboard": False, "final_eval": False,
                  "compile": args.compile, "precision": args.precision,
                  "batch_size": args.batch_size, "width": args.width, "threads": args.threads,

@@ -30,8 +30,12 @@ def _images(count: int = STEPS * N) -> torch.Tensor:
     return torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=g)
 
 
-def _one_process() -> distributed.Context:
-    return distributed.Context(0, 0, 1, torch.device("cpu"))
+def _one_process(device: str = "cpu") -> distributed.Context:
+    return distributed.Context(0, 0, 1, torch.device(device))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def _train(cfg, images: torch.Tensor, ctx: distributed.Context | None = None,
@@ -159,16 +163,18 @@ def test_bf16_steps_are_finite_and_close_to_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_preset_builds_and_steps_on_cpu(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpu_preset_builds_and_steps(tmp_path, device):
     """fashion-mnist-resnet18 as the GPU runs it (compiled, bf16: what precision auto gives
-    on CUDA, channels_last), only narrower and with a smaller batch, on the shipped sample."""
+    on CUDA, channels_last), only narrower and with a smaller batch, on the shipped sample;
+    on the CPU, and on CUDA where there is one."""
     from fastclr.config import load_config
     cfg = load_config("fashion-mnist-resnet18", overrides=dict(
         width=0.125, batch_size=N, data_dir=str(SAMPLE), run_dir=str(tmp_path),
-        precision="bf16", device="cpu"))
+        precision="bf16", device=device))
     assert (cfg.compile, cfg.arch, cfg.stem) == (True, "resnet18", "small")
     pretrain = load_pretrain(cfg.data, cfg.data_dir, image_size=cfg.image_size)
-    run = build_run(cfg, _one_process(), pretrain)
+    run = build_run(cfg, _one_process(device), pretrain)
     assert run.autocast and run.channels_last
     assert isinstance(run.forward, torch._dynamo.eval_frame.OptimizedModule)
     run.augment.native = False  # the augmentation CUDA runs (the C kernel is for CPUs)
@@ -184,26 +190,27 @@ def test_gpu_preset_builds_and_steps_on_cpu(tmp_path):
 # ---- no host reads between log points -------------------------------------------------------
 
 
-def _guarded_steps(tmp_path, probe: bool = False):
+def _guarded_steps(tmp_path, probe: bool = False, device: str = "cpu"):
     """Two warm-up steps, then two steps and their statistics inside NoHostReads: what
     Trainer.fit does between two log lines."""
     from fastclr.eval.monitor import OnlineProbe
     from fastclr.data.batches import InMemoryBatches
     images = _images(4 * N)
     labels = torch.arange(4 * N) % 10
-    run = build_run(tiny_config(tmp_path, batch_size=N), _one_process(),
+    run = build_run(tiny_config(tmp_path, batch_size=N, device=device), _one_process(device),
                     Pretrain.from_images(images, labels=labels))
     # the CUDA path: the C kernel, CPU only, checks its crop boxes on the host
     run.augment.native = False
     if probe:
-        run.probe = OnlineProbe(run.model.encoder.feat_dim, 10)
-    batches = zip(run.batches.epoch(0), InMemoryBatches(labels, N, 0).epoch(0))
+        run.probe = OnlineProbe(run.model.encoder.feat_dim, 10).to(device)
+    label_batches = InMemoryBatches(labels.to(device), N, 0).epoch(0)
+    batches = zip(run.batches.epoch(0), label_batches)
 
     def step(i: int):
         images, batch_labels = next(batches)
         return run.train_step(images, i, batch_labels)
 
-    stats = RunningStats(torch.device("cpu"))
+    stats = RunningStats(torch.device(device))
     step(0), step(1)
     counters = []
     if probe:  # neither fused nor capturable, the probe's Adam keeps its step counts on the
@@ -217,9 +224,10 @@ def _guarded_steps(tmp_path, probe: bool = False):
     return run, stats, guard
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("probe", [False, True], ids=["step", "step+online-probe"])
-def test_steps_read_nothing_on_the_host(tmp_path, probe):
-    run, stats, guard = _guarded_steps(tmp_path, probe)
+def test_steps_read_nothing_on_the_host(tmp_path, probe, device):
+    run, stats, guard = _guarded_steps(tmp_path, probe, device)
     assert guard.reads == []
     assert stats.read(1, False)[0] > 0  # reading happens at the log line, outside
 
@@ -259,6 +267,15 @@ def test_the_guard_catches_each_kind_of_read(kind):
     with pytest.raises(HostRead):
         with NoHostReads():
             READ_KINDS[kind]()
+
+
+@needs_cuda
+def test_the_guard_catches_a_copy_from_cuda_to_the_host():
+    on_device = _t.cuda()  # the other way is no read
+    for copy_back in (on_device.cpu, lambda: torch.empty(2).copy_(on_device)):
+        with pytest.raises(HostRead, match="copy"):
+            with NoHostReads():
+                copy_back()
 
 
 def test_the_guard_lets_device_work_through_and_restores_tensor_methods():
