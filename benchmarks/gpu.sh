@@ -13,8 +13,8 @@
 # 4. augmentation throughput on cuda against torchvision's per-image pipeline on the CPU
 # 5. the whole training step at ResNet-18 CIFAR size (cifar10-resnet18's model, 32 px RGB,
 #    batch 512, bf16; synthetic images where CIFAR-10 is absent), eager and compiled:
-#    views/s, MFU against the GPU's peak, the augmentation's share of a step, and the peer
-#    loop (torchvision per PIL image in DataLoader workers) on the same model
+#    views/s, MFU against the GPU's peak, the augmentation's share of a step; beside the
+#    eager one, the peer loop (torchvision per PIL image in DataLoader workers), same model
 # 6. pretraining with the GPU preset (fashion-mnist-resnet18: full ResNet-18, batch 512,
 #    bf16, torch.compile), shortened to $EPOCHS epochs, then its final evaluation
 # 7. the whole test suite on this machine, in parallel where pytest-xdist is installed
@@ -34,7 +34,7 @@ EPOCHS=${EPOCHS:-15}
 TRAIN_LIMIT=${TRAIN_LIMIT:-240}
 TEST_LIMIT=${TEST_LIMIT:-180}  # the suite's compile tests need ~1 min more than before
 STEP_DEVICE=${STEP_DEVICE:-cuda}  # step 5's device
-STEP_STEPS=${STEP_STEPS:-150}     # step 5's timed steps a loop, in 3 alternating slices
+STEP_STEPS=${STEP_STEPS:-120}     # step 5's timed steps a loop, in 3 alternating slices
 STEP_LIMIT=${STEP_LIMIT:-90}      # seconds for step 5's eager run; the compiled one gets 2x
 read -r -a STEP_EXTRA <<< "${STEP_ARGS:-}"
 read -r -a TRAIN_EXTRA <<< "${TRAIN_ARGS:-}"
@@ -82,12 +82,14 @@ SYNTHETIC=()
 $PY -c "import sys; from fastclr.data import find_root, get_spec; \
 sys.exit(find_root(get_spec('cifar10'), 'train', None) is None)" 2>/dev/null \
     || { SYNTHETIC=(--synthetic); echo "CIFAR-10 not found: synthetic uint8 images"; }
+# the peer loop runs beside the eager step only: peers do not compile, and compiling its copy
+# of the model would cost the compiled run another ~20 s
 for MODE in eager compiled; do
-    if [ "$MODE" = compiled ]; then LIMIT=$((2 * STEP_LIMIT)) FLAG=--compile WARMUP=8
-    else LIMIT=$STEP_LIMIT FLAG=--no-compile WARMUP=5; fi
+    if [ "$MODE" = compiled ]; then LIMIT=$((2 * STEP_LIMIT)) FLAGS=(--compile --no-peer) WARMUP=8
+    else LIMIT=$STEP_LIMIT FLAGS=(--no-compile) WARMUP=5; fi
     echo "--- $MODE"
     timeout "$LIMIT" $PY benchmarks/train_step.py --config cifar10-resnet18 "${SYNTHETIC[@]}" \
-        --device "$STEP_DEVICE" --precision bf16 "$FLAG" --steps "$STEP_STEPS" \
+        --device "$STEP_DEVICE" --precision bf16 "${FLAGS[@]}" --steps "$STEP_STEPS" \
         --warmup "$WARMUP" "${STEP_EXTRA[@]}" --json >"$OUT_DIR/train_step_$MODE.json"
     echo "rc=$?"
     $PY benchmarks/train_step.py --show "$OUT_DIR/train_step_$MODE.json"
