@@ -73,9 +73,10 @@ def _relative_differences(a: dict, b: dict) -> dict[str, float]:
 # ---- torch.compile --------------------------------------------------------------------------
 
 # Inductor fuses ops and reorders fp32 reductions (BN statistics, the convolutions' weight
-# gradients): each rounds differently, ~1e-7 relative per op. Measured over 3 steps: loss
-# 1e-7, parameters <= 8e-6 (a BN bias made of the updates alone). The limits leave 10x room;
-# a wrong compiled graph (a lost BN update, a missed gradient) is off by far more.
+# gradients): each rounds differently, ~1e-7 relative per op. Measured over 3 steps: losses
+# 7e-8 apart, parameters at most 1.4e-5 (a BN bias made of the updates alone). The limits
+# leave 7x room or more; a wrong compiled graph (a lost BN update, a missed gradient) is off
+# by far more.
 COMPILE_LOSS_RTOL = 1e-5
 COMPILE_PARAM_RTOL = 1e-4
 
@@ -134,11 +135,13 @@ def test_compiled_ddp_steps_match_eager(tmp_path):
 # ---- bf16 autocast --------------------------------------------------------------------------
 
 # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2%); the loss's logits stay fp32.
-# Measured at this size: losses within 0.3% of fp32, the first step's update (all parameters
-# as one vector) at cosine 0.988 to fp32's. Single entries are no measure: a BN bias's
-# gradient is a sum with cancellation, and bf16 may keep none of its digits (up to 90% off
-# per tensor). A loss in bf16 logits, or a gradient lost to the cast, fails both limits.
-BF16_LOSS_RTOL = 1e-2
+# Measured at this size: losses within 0.6% of fp32 over 3 steps (the bf16 updates take the
+# weights apart a little more each step), the first step's update (all parameters as one
+# vector) at cosine 0.9997 to fp32's (0.988 with the C kernel's views). Single entries are no
+# measure: a BN bias's gradient is a sum with cancellation, and bf16 may keep none of its
+# digits (up to 90% off per tensor). The loss limit is 3x the measured drift; a gradient
+# lost to a cast, or a step gone wrong under autocast, fails the cosine.
+BF16_LOSS_RTOL = 2e-2
 BF16_UPDATE_COSINE = 0.95
 
 
