@@ -14,6 +14,9 @@
 Both run in this process in alternating slices (other jobs on a shared machine slow both
 alike), each after its warm-up (compilation included there); CUDA slices end with a
 synchronize. A "view" is one augmented image, two per image; ratio = views/s of (a) / (b).
+On Linux the CPU time of each slice is read too, the peer's workers included: the CPU-time
+ratio (views per CPU-second) does not count time spent waiting for a busy core (but does
+count threads that spin while they wait for each other).
 
 FLOPs per view are counted by torch.utils.flop_counter.FlopCounterMode over one forward and
 backward of the model and loss (matmuls and convolutions; the optimiser and the elementwise
@@ -29,6 +32,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -105,19 +109,38 @@ def count_flops(run, images: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all threads) and its live children (the peer
+    loop's DataLoader workers), read from Linux's /proc; elsewhere this process alone."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        children = set()
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            children.update((task / "children").read_text().split())
+        for pid in children:
+            # fields after the command's closing parenthesis: utime, stime are the 12th, 13th
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
 class Timer:
-    """Wall seconds of slices of work, with the device synchronised at both ends."""
+    """Wall and CPU seconds of slices of work, the device synchronised at both ends."""
 
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.seconds, self.count = 0.0, 0
+        self.seconds, self.cpu, self.count = 0.0, 0.0, 0
 
     def time(self, work, count: int) -> None:
         self.sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         work(count)
         self.sync()
         self.seconds += time.perf_counter() - start
+        self.cpu += cpu_seconds() - cpu
         self.count += count
 
 
@@ -154,7 +177,9 @@ def measure(args, cfg, run, peer) -> dict:
             timers["peer"].time(peer.steps, per_slice)
     views = 2 * cfg.batch_size
     rate = {k: views * t.count / t.seconds for k, t in timers.items() if t.count}
+    per_cpu = {k: views * t.count / t.cpu for k, t in timers.items() if t.count and t.cpu}
     return {"views_per_s": rate["fastclr"], "peer_views_per_s": rate.get("peer"),
+            "cpu_ratio": per_cpu["fastclr"] / per_cpu["peer"] if "peer" in per_cpu else None,
             "step_ms": 1000 * timers["fastclr"].seconds / timers["fastclr"].count,
             "augment_ms": 1000 * timers["augment"].seconds / timers["augment"].count,
             "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count}
@@ -261,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "peer_workers": None if peer is None else args.workers,
         "peer_views_per_s": None if peer is None else round(m["peer_views_per_s"], 1),
         "ratio": None if peer is None else round(m["views_per_s"] / m["peer_views_per_s"], 2),
+        "cpu_time_ratio": None if m["cpu_ratio"] is None else round(m["cpu_ratio"], 2),
     }
     print(json.dumps(result) if args.json else report(result))
     return 0
@@ -281,7 +307,9 @@ def report(r: dict) -> str:
     if r["ratio"] is not None:
         lines.append(f"  peer loop     {r['peer_views_per_s']:>10,.0f} views/s  (torchvision v2 "
                      f"per PIL image in {r['peer_workers']} DataLoader workers)")
-        lines.append(f"  ratio         {r['ratio']:>10.2f}x")
+        cpu = f" (views per CPU-second, workers included: {r['cpu_time_ratio']:.2f}x)" \
+            if r.get("cpu_time_ratio") is not None else ""
+        lines.append(f"  ratio         {r['ratio']:>10.2f}x{cpu}")
     lines.append(f"  {r['gflop_per_view']:.3f} GFLOP a view (forward + backward); "
                  f"{r['achieved_tflops']:.3f} TFLOP/s achieved; {mfu}")
     lines.append(f"  {r['timed_steps']} timed steps a loop after {r['warmup_s']:.0f} s of warm-up")
