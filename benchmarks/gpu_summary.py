@@ -16,8 +16,13 @@ from pathlib import Path
 
 
 def _json(path: Path) -> dict | None:
+    """A JSON file, or the last line of a log that ends with one."""
     try:
-        return json.loads(path.read_text().strip().splitlines()[-1])
+        text = path.read_text().strip()
+        try:
+            return json.loads(text)
+        except ValueError:
+            return json.loads(text.splitlines()[-1])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -82,7 +87,7 @@ def pretraining(out: Path) -> tuple[str, str]:
     speeds = [r["views_per_s"] for r in rows if "views_per_s" in r]
     steady = speeds[len(speeds) // 4:] or speeds
     epochs = max((r.get("epoch", 0) for r in rows), default=0)
-    figure = f"{epochs:.0f} epochs, median {statistics.median(steady):,.0f} views/s" \
+    figure = f"{epochs:.3g} epochs, median {statistics.median(steady):,.0f} views/s" \
         if speeds else "no steps logged"
     report = _json(out / "report.json") or {}
     for key, name in (("linear_top1", "linear on h"), ("knn_top1", "kNN")):
