@@ -65,8 +65,7 @@ elif ! $PY -m pip install -q --no-deps --no-build-isolation --no-compile -e . \
 fi
 $PY -c "import fastclr.augment as A; print('fastclr C kernel:', 'built' if A.NATIVE else 'absent')"
 
-step "3. CUDA tests (augmentation, models, loss; the GPU preset's step on CUDA: compiled, bf16,
-no host reads)"
+step "3. CUDA tests (augmentation; the GPU preset's compiled bf16 step; no host reads)"
 timeout 180 $PY -m pytest -q -p no:cacheprovider tests/augment/test_augment.py -k cuda \
     tests/test_models.py tests/test_loss.py tests/train/test_gpu_paths.py 2>&1 \
     | tee "$OUT_DIR/cuda-tests.txt"
