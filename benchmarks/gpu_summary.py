@@ -64,7 +64,8 @@ def step(out: Path, mode: str) -> tuple[str, str]:
     r = _json(out / f"train_step_{mode}.json")
     if r is None:
         return (f"whole training step, {mode}", "no result")
-    label = (f"whole step, {mode}: {r['config'].split('_')[0]} model ({r['arch']} x{r['width']:g}), "
+    preset = r["config"].split("_")[0]  # without the variant's suffix
+    label = (f"whole step, {mode}: {preset} model ({r['arch']} x{r['width']:g}), "
              f"{'x'.join(map(str, r['image']))}, batch {r['batch']}, "
              f"{'bf16' if r['bf16'] else 'fp32'}{', synthetic images' if r['synthetic'] else ''}")
     mfu = f"MFU {100 * r['mfu']:.1f}% ({r['peak_source']})" if r["mfu"] is not None \

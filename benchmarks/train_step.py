@@ -299,7 +299,8 @@ def report(r: dict) -> str:
         f"{r['config']}: {r['arch']} x{r['width']:g} ({r['stem']} stem), views "
         f"{'x'.join(map(str, r['image']))}, batch {r['batch']}, {r['device_name']}, "
         f"{r['threads']} threads, compile {'on' if r['compile'] else 'off'}, "
-        f"{'bf16' if r['bf16'] else 'fp32'}, channels_last {'on' if r['channels_last'] else 'off'}, "
+        f"{'bf16' if r['bf16'] else 'fp32'}, "
+        f"channels_last {'on' if r['channels_last'] else 'off'}, "
         f"augmentation: {r['augment_kernel']}{', synthetic images' if r['synthetic'] else ''}",
         f"  fastclr step  {r['views_per_s']:>10,.0f} views/s  ({r['step_ms']:.1f} ms a step, "
         f"augmentation {r['augment_ms']:.1f} ms = {100 * r['augment_share']:.1f}% of it)",

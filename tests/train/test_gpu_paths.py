@@ -89,7 +89,8 @@ def test_compiled_steps_match_eager(tmp_path):
                       images)
     torch.testing.assert_close(compiled[0], eager[0], rtol=COMPILE_LOSS_RTOL, atol=0)
     worst = _relative_differences(eager[1], compiled[1])
-    assert max(worst.values()) < COMPILE_PARAM_RTOL, sorted(worst.items(), key=lambda kv: kv[1])[-3:]
+    assert max(worst.values()) < COMPILE_PARAM_RTOL, \
+        sorted(worst.items(), key=lambda kv: kv[1])[-3:]
 
 
 def _ddp_worker(rank: int, world: int, out, port: int) -> None:
