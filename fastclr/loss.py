@@ -64,7 +64,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
     with torch.autocast(z1.device.type, enabled=False):
         sim, own, positive, _ = _similarities(z1, z2, normalize, distributed)
         logits = sim / temperature  # (2n, 2n*G)
-        logits = logits.masked_fill(F.one_hot(own, logits.shape[1]).bool(), float("-inf"))
+        # True at each anchor's own column. Not F.one_hot: on the CPU it reads the indices'
+        # min and max back to the host to check them, a sync the step must not have
+        columns = torch.arange(logits.shape[1], device=logits.device)
+        logits = logits.masked_fill(own[:, None] == columns, float("-inf"))
         return F.cross_entropy(logits, positive)
 
 
@@ -72,9 +75,8 @@ def _negatives(sim, own, positive, other_view):
     """Mask (2n, 2n*G) of each anchor's negatives for NT-Logistic and margin triplet: the
     other view of every other image (the paper, footnote of section 5.1: "for simplicity, we
     only consider the negatives from one augmentation view")."""
-    mask = other_view.clone()
-    mask[torch.arange(len(sim), device=sim.device), positive] = False
-    return mask
+    columns = torch.arange(sim.shape[1], device=sim.device)
+    return other_view & (columns != positive[:, None])  # (no index_put: it checks on the host)
 
 
 def semi_hard(sim: torch.Tensor, pos: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,321 @@
+"""Views/s of fastclr's whole training step, its FLOPs and MFU, against the loop peers use.
+
+    python benchmarks/train_step.py --config fashion-mnist-cpu --device cpu --steps 12
+    python benchmarks/train_step.py --config cifar10-resnet18 --device cuda --synthetic \\
+        --compile --precision bf16 --steps 60
+
+(a) fastclr: Run.train_step, the step `fastclr train` runs (the preset's model, batch,
+    optimiser, precision, channels_last, torch.compile as asked): uint8 batches already on the
+    device -> augmentation on the device -> one forward of the 2N views -> nt_xent -> backward
+    -> optimiser. Its augmentation is also timed alone, for its share of a step.
+(b) the peer loop (benchmarks/peer.py): per-image torchvision.transforms.v2 on PIL images in
+    DataLoader workers feeding the same model, loss and optimiser with the same batch and
+    the same torch threads.
+Both run in this process in alternating slices (other jobs on a shared machine slow both
+alike), each after its warm-up (compilation included there); CUDA slices end with a
+synchronize. A "view" is one augmented image, two per image; ratio = views/s of (a) / (b).
+On Linux the CPU time of each slice is read too, the peer's workers included: the CPU-time
+ratio (views per CPU-second) does not count time spent waiting for a busy core (but does
+count threads that spin while they wait for each other).
+
+FLOPs per view are counted by torch.utils.flop_counter.FlopCounterMode over one forward and
+backward of the model and loss (matmuls and convolutions; the optimiser and the elementwise
+ops are not counted, as is usual for MFU). MFU = FLOPs per view x views/s / the device's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from fastclr import augment, distributed  # noqa: E402
+from fastclr.config import load_config  # noqa: E402
+from fastclr.data import Pretrain, load_pretrain  # noqa: E402
+from fastclr.errors import FastclrError  # noqa: E402
+from fastclr.loss import nt_xent  # noqa: E402
+from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
+from fastclr.train.step import build_run  # noqa: E402
+from peer import PeerLoop, usable_cpus  # noqa: E402
+
+# Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets: (bf16, tf32). fp32 training
+# runs its matmuls and convolutions in TF32 on these GPUs (fastclr enables it), hence tf32.
+# Matched in order against torch.cuda.get_device_name(); anything else needs --peak-tflops.
+PEAK_TFLOPS = (("H100 PCIe", (756.0, 378.0)), ("H100 NVL", (835.0, 418.0)),
+               ("H100", (989.4, 494.7)), ("H200", (989.4, 494.7)),
+               ("GH200", (989.4, 494.7)), ("A100", (312.0, 156.0)))
+
+# image shape (channels, side) of each fixed-format set, for --synthetic
+SHAPES = {"fashion-mnist": (1, 28), "mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32),
+          "stl10": (3, 96), "tiny-imagenet": (3, 64)}
+
+
+def device_peak(device: torch.device, bf16: bool, flag: float | None) -> tuple[float | None, str]:
+    """(peak TFLOP/s or None, where it comes from)."""
+    if flag is not None:
+        return flag, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "n/a (pass --peak-tflops for a CPU)"
+    name = torch.cuda.get_device_name(device)
+    for key, (peak_bf16, peak_tf32) in PEAK_TFLOPS:
+        if key in name:
+            return (peak_bf16, f"{name} bf16 dense") if bf16 else (peak_tf32, f"{name} tf32 dense")
+    return None, f"n/a ({name} is not in the table; pass --peak-tflops)"
+
+
+def images_for(cfg, synthetic: bool, count: int | None) -> Pretrain:
+    """The preset's pretraining images, or random uint8 images of its shape."""
+    if synthetic:
+        if cfg.data not in SHAPES:
+            raise SystemExit(f"--synthetic knows the shapes of {', '.join(SHAPES)}; not {cfg.data}")
+        channels, side = SHAPES[cfg.data]
+        side = cfg.image_size or side
+        n = count or 8 * cfg.batch_size
+        g = torch.Generator().manual_seed(0)
+        return Pretrain.from_images(torch.randint(0, 256, (n, channels, side, side),
+                                                  dtype=torch.uint8, generator=g), cfg.data)
+    pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
+    if pretrain.streamed:
+        raise SystemExit(f"{cfg.data} is streamed from files; use --synthetic")
+    if count is not None and count < len(pretrain):
+        return Pretrain.from_images(pretrain.images[:count], cfg.data)
+    return pretrain
+
+
+def count_flops(run, images: torch.Tensor) -> float:
+    """FLOPs of one forward and backward of the model and the loss, per view."""
+    from torch.utils.flop_counter import FlopCounterMode
+    gen = torch.Generator(images.device).manual_seed(0)
+    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
+    x = run.augment.stacked_views(images, gen, memory_format=fmt)  # (2n, C, S, S)
+    n = len(images)
+    amp = torch.autocast(images.device.type, dtype=torch.bfloat16) if run.autocast \
+        else contextlib.nullcontext()
+    with FlopCounterMode(display=False) as counter:
+        with amp:
+            _, z = run.model(x)
+            loss = nt_xent(z[:n], z[n:], run.cfg.temperature)
+        loss.backward()
+    run.model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all threads) and its live children (the peer
+    loop's DataLoader workers), read from Linux's /proc; elsewhere this process alone."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        children = set()
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            children.update((task / "children").read_text().split())
+        for pid in children:
+            # fields after the command's closing parenthesis: utime, stime are the 12th, 13th
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
+class Timer:
+    """Wall and CPU seconds of slices of work, the device synchronised at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds, self.cpu, self.count = 0.0, 0.0, 0
+
+    def time(self, work, count: int) -> None:
+        self.sync()
+        start, cpu = time.perf_counter(), cpu_seconds()
+        work(count)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        self.cpu += cpu_seconds() - cpu
+        self.count += count
+
+
+def measure(args, cfg, run, peer) -> dict:
+    device = run.ctx.device
+    batches = endless(run.batches)
+    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
+    step = 0
+
+    def ours(count: int) -> None:
+        nonlocal step
+        for _ in range(count):
+            run.train_step(next(batches), step)
+            step += 1
+
+    fixed = next(batches)
+
+    def augmentation(count: int) -> None:
+        for _ in range(count):
+            run.augment.stacked_views(fixed, run.generator, out=run.views, memory_format=fmt)
+
+    started = time.perf_counter()
+    ours(args.warmup)  # compilation, cudnn's algorithm search, first-touch of buffers
+    augmentation(2)
+    if peer is not None:
+        peer.steps(2)
+    warmup_seconds = time.perf_counter() - started
+    timers = {"fastclr": Timer(device), "augment": Timer(device), "peer": Timer(device)}
+    per_slice = -(-args.steps // args.rounds)
+    for _ in range(args.rounds):
+        timers["fastclr"].time(ours, per_slice)
+        timers["augment"].time(augmentation, per_slice)
+        if peer is not None:
+            timers["peer"].time(peer.steps, per_slice)
+    views = 2 * cfg.batch_size
+    rate = {k: views * t.count / t.seconds for k, t in timers.items() if t.count}
+    per_cpu = {k: views * t.count / t.cpu for k, t in timers.items() if t.count and t.cpu}
+    return {"views_per_s": rate["fastclr"], "peer_views_per_s": rate.get("peer"),
+            "cpu_ratio": per_cpu["fastclr"] / per_cpu["peer"] if "peer" in per_cpu else None,
+            "step_ms": 1000 * timers["fastclr"].seconds / timers["fastclr"].count,
+            "augment_ms": 1000 * timers["augment"].seconds / timers["augment"].count,
+            "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count}
+
+
+def endless(batches):
+    epoch = 0
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="fashion-mnist-cpu",
+                   help="preset name or YAML file whose model, batch and augmentation to time")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--steps", type=int, default=12,
+                   help="timed steps of each loop, split into --rounds alternating slices "
+                   "(CPU preset: ~0.5 s a step on 2 cores; H200: 20-60 ms)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating slices (default 3)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps first (compilation happens here; default 3)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: the preset's)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="default: the preset's (auto: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    p.add_argument("--width", type=float, help="ResNet width multiplier (default: the preset's)")
+    p.add_argument("--threads", type=int, help="torch threads of this process, for both loops "
+                   "(default: torch's choice)")
+    p.add_argument("--workers", type=int, default=usable_cpus(),
+                   help="the peer loop's DataLoader workers (default: the usable CPUs, "
+                   f"{usable_cpus()} here)")
+    p.add_argument("--data-dir", help="where the preset's data set is")
+    p.add_argument("--images", type=int, help="use only this many images (default: all; "
+                   "--synthetic: 8 batches)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random uint8 images of the data set's shape (the timing does not "
+                   "depend on the pixels); for a machine without the data set")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the device's peak for MFU (default: a table of NVIDIA data-center "
+                   "GPUs, bf16 or tf32 dense; none for CPUs)")
+    p.add_argument("--no-peer", action="store_true", help="time fastclr's step only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--show", metavar="JSON", help="print the report of a saved --json result "
+                   "and exit (benchmarks/gpu.sh does)")
+    return p.parse_args(argv)
+
+
+def show(path: str) -> int:
+    try:
+        result = json.loads(open(path).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        print(f"no result in {path} (see the errors above)")
+        return 1
+    print(report(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.show:
+        return show(args.show)
+    overrides = {"device": args.device, "tensorboard": False, "final_eval": False,
+                 "compile": args.compile, "precision": args.precision,
+                 "batch_size": args.batch_size, "width": args.width, "threads": args.threads,
+                 "data_dir": args.data_dir}
+    try:
+        cfg = load_config(args.config, overrides={k: v for k, v in overrides.items()
+                                                  if v is not None})
+        _set_backends(cfg)
+        ctx = distributed.Context(0, 0, 1, distributed.resolve_device(cfg.device))
+        pretrain = images_for(cfg, args.synthetic, args.images)
+        run = build_run(cfg, ctx, pretrain)
+    except FastclrError as e:
+        print(f"train_step.py: {e}", file=sys.stderr)
+        return 2
+    peer = None
+    if not args.no_peer:
+        peer = PeerLoop(cfg, copy.deepcopy(run.model), pretrain.images, pretrain.shape[-1],
+                        ctx.device, args.workers, run.total_steps, run.warmup_steps,
+                        run.peak_lr, run.channels_last, run.autocast)
+    flops = count_flops(run, next(endless(run.batches)))
+    m = measure(args, cfg, run, peer)
+    peak, peak_source = device_peak(ctx.device, run.autocast, args.peak_tflops)
+    achieved = flops * m["views_per_s"] / 1e12
+    native = ctx.device.type == "cpu" and augment.NATIVE is not None \
+        and run.augment.native is not False
+    result = {
+        "config": cfg.name, "device": str(ctx.device), "device_name": (
+            torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"),
+        "arch": cfg.arch, "width": cfg.width, "stem": cfg.stem, "image": list(pretrain.shape),
+        "batch": cfg.batch_size, "compile": cfg.compile, "bf16": run.autocast,
+        "channels_last": run.channels_last, "threads": torch.get_num_threads(),
+        "augment_kernel": "C" if native else "tensor-ops", "synthetic": args.synthetic,
+        "views_per_s": round(m["views_per_s"], 1), "step_ms": round(m["step_ms"], 2),
+        "augment_ms": round(m["augment_ms"], 2),
+        "augment_share": round(m["augment_ms"] / m["step_ms"], 4),
+        "gflop_per_view": round(flops / 1e9, 4), "achieved_tflops": round(achieved, 3),
+        "peak_tflops": peak, "peak_source": peak_source,
+        "mfu": round(achieved / peak, 4) if peak else None,
+        "warmup_s": round(m["warmup_s"], 1), "timed_steps": m["timed_steps"],
+        "peer_workers": None if peer is None else args.workers,
+        "peer_views_per_s": None if peer is None else round(m["peer_views_per_s"], 1),
+        "ratio": None if peer is None else round(m["views_per_s"] / m["peer_views_per_s"], 2),
+        "cpu_time_ratio": None if m["cpu_ratio"] is None else round(m["cpu_ratio"], 2),
+    }
+    print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+def report(r: dict) -> str:
+    mfu = f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s ({r['peak_source']})" \
+        if r["mfu"] is not None else f"MFU {r['peak_source']}"
+    lines = [
+        f"{r['config']}: {r['arch']} x{r['width']:g} ({r['stem']} stem), views "
+        f"{'x'.join(map(str, r['image']))}, batch {r['batch']}, {r['device_name']}, "
+        f"{r['threads']} threads, compile {'on' if r['compile'] else 'off'}, "
+        f"{'bf16' if r['bf16'] else 'fp32'}, "
+        f"channels_last {'on' if r['channels_last'] else 'off'}, "
+        f"augmentation: {r['augment_kernel']}{', synthetic images' if r['synthetic'] else ''}",
+        f"  fastclr step  {r['views_per_s']:>10,.0f} views/s  ({r['step_ms']:.1f} ms a step, "
+        f"augmentation {r['augment_ms']:.1f} ms = {100 * r['augment_share']:.1f}% of it)",
+    ]
+    if r["ratio"] is not None:
+        lines.append(f"  peer loop     {r['peer_views_per_s']:>10,.0f} views/s  (torchvision v2 "
+                     f"per PIL image in {r['peer_workers']} DataLoader workers)")
+        cpu = f" (views per CPU-second, workers included: {r['cpu_time_ratio']:.2f}x)" \
+            if r.get("cpu_time_ratio") is not None else ""
+        lines.append(f"  ratio         {r['ratio']:>10.2f}x{cpu}")
+    lines.append(f"  {r['gflop_per_view']:.3f} GFLOP a view (forward + backward); "
+                 f"{r['achieved_tflops']:.3f} TFLOP/s achieved; {mfu}")
+    lines.append(f"  {r['timed_steps']} timed steps a loop after {r['warmup_s']:.0f} s of warm-up")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
