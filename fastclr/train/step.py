@@ -32,6 +32,30 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 2**52 + rank * 2**32 + step) % 2**64
 
 
+def contrastive_forward(forward: nn.Module, augment: SimCLRAugment, images: torch.Tensor,
+                        generator: torch.Generator, temperature: float, world_size: int = 1,
+                        autocast: bool = False, views: torch.Tensor | None = None,
+                        memory_format: torch.memory_format = torch.contiguous_format
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward half of a step (SimCLR algorithm 1): uint8 images (n, C, H, W) -> two random
+    views each -> f and g on all 2n in one forward -> NT-Xent over the global batch.
+
+    Returns the loss, a bool tensor "skip this step" (the loss is not finite on some process),
+    h (2n, feat_dim) and the views (2n, C, S, S), `views` if given. `Run.train_step` and the
+    Lightning module (fastclr.lightning) both call it.
+    """
+    # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for both
+    x = augment.stacked_views(images, generator, out=views, memory_format=memory_format)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        h, z = forward(x)  # (2n, feat_dim), (2n, proj_dim)
+        n = len(images)
+        loss = nt_xent(z[:n], z[n:], temperature, distributed=world_size > 1)
+    bad = ~torch.isfinite(loss.detach())
+    if world_size > 1:  # every process must skip the same steps
+        bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+    return loss, bad, h, x
+
+
 class BufferGuard:
     """Keeps BN running statistics of a step whose loss was not finite from being kept.
 
@@ -77,31 +101,25 @@ class Run:
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
         `labels` (n,) of the images feed the online probe, if there is one."""
-        cfg, device = self.cfg, self.ctx.device
+        cfg = self.cfg
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
         self.guard.save()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
-        # both; written into the same buffer every step (fresh pages cost more than the maths)
-        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
-        self.views = x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim)
-            n = len(images)
-            loss = nt_xent(z[:n], z[n:], cfg.temperature, distributed=self.ctx.world_size > 1)
-        bad = ~torch.isfinite(loss.detach())
-        if self.ctx.world_size > 1:  # every process must skip the same steps
-            bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+        # the views are written into the same buffer every step (fresh pages cost more than
+        # the maths)
+        loss, bad, h, self.views = contrastive_forward(
+            self.forward, self.augment, images, self.generator, cfg.temperature,
+            self.ctx.world_size, self.autocast, self.views, fmt)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.guard.restore_if(bad)
         if self.probe is not None and labels is not None:
-            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
+            self.probe.step(h[:len(images)], labels, bad)  # first view's h, detached inside
         return loss.detach(), bad
 
 
