@@ -155,6 +155,22 @@ def cmd_embed(args) -> int:
     return 0
 
 
+# fastclr.eval.export.FORMATS, named here so that a wrong one is refused before torch loads
+EXPORT_FORMATS = ("torchvision", "timm", "onnx", "torchscript")
+
+
+def cmd_export(args) -> int:
+    from fastclr.eval.export import check_out, export, summary
+    from fastclr.eval.weights import load_weights
+
+    _set_threads(args.threads)
+    check_out(args.out)  # an unwritable --out is refused before the weights are read
+    weights = load_weights(args.run, args.data, args.data_dir, "cpu")
+    done = export(weights, args.format, args.out, source=args.run)
+    print("\n".join(summary(done)))
+    return 0
+
+
 def cmd_data(args) -> int:
     from fastclr.data import describe
 
@@ -281,8 +297,9 @@ def build_parser() -> Parser:
                        description="Compute h = f(x) for every image of a data set and write "
                        "OUT.npy (float32, N x feat_dim) and OUT.index.jsonl (one line per row: "
                        "position, split, index, label, class, source).")
-    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt or "
-                   "run folder")
+    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt, "
+                   "run folder, or pretrained:NAME (pretrained:fashion-mnist ships with "
+                   "fastclr)")
     p.add_argument("--data", default=None, help="data set name; default: the one the encoder "
                    "was trained on")
     p.add_argument("--data-dir", default=None, help="where the data set's files are")
@@ -295,6 +312,28 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_threads_option(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("export", help="write the encoder for torchvision, timm, ONNX or "
+                       "TorchScript",
+                       description="Export the encoder f to use outside fastclr. torchvision "
+                       "and timm get a state dict for their own ResNet (width 1 only) and the "
+                       "lines that load it; onnx and torchscript get a graph that takes [0, 1] "
+                       "images of any batch size and normalises them itself. Each export is "
+                       "run on real images of the encoder's data set before it is written; a "
+                       "JSON beside it says what the model takes and gives.")
+    p.add_argument("run", metavar="RUN", help="a run folder, an encoder.safetensors, a "
+                   "checkpoint .pt, or pretrained:NAME (a shipped encoder)")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="torchvision or timm: a state dict (.pt) for the library's ResNet; "
+                   "onnx: an .onnx graph (pip install 'fastclr[onnx]'); torchscript: a .pt "
+                   "module for torch.jit.load")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write; "
+                   "PATH's name with .json goes beside it (resnet18.pt -> resnet18.json)")
+    p.add_argument("--data", default=None, help="data set whose images the export is checked "
+                   "on; default: the one the encoder was trained on")
+    p.add_argument("--data-dir", default=None, help="where that data set's files are")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)
