@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
     finetune_epochs = None if args.finetune_epochs is None else dict(
         zip((0.01, 0.1), args.finetune_epochs))
     report = evaluate_weights(weights, protocols, device, out_dir, args.seed, print,
-                              args.linear_aug_epochs, finetune_epochs)
+                              args.linear_aug_epochs, finetune_epochs, args.map)
     _print_report(report, out_dir)
     return 0
 
@@ -271,6 +271,9 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
+    p.add_argument("--map", default="tsne", choices=("tsne", "umap"),
+                   help="the 2-D embedding map of the plots protocol: tsne (default) or umap "
+                   "(pip install 'fastclr[umap]'; its first use compiles for ~30 s)")
     _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 

@@ -121,7 +121,7 @@ PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
 PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",
                   "alignment, uniformity, effective rank, contrastive top-1")
 PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
-                  "training curves, t-SNE embedding map, nearest-neighbour grid")
+                  "training curves, t-SNE (or UMAP) embedding map, nearest-neighbour grid")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",
                   "slow: a linear layer by SGD on crop + flip views of the frozen encoder")
 PROTOCOLS.declare("finetune", "fastclr.eval.protocols:run_finetune",
