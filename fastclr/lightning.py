@@ -20,7 +20,9 @@ The DataLoader yields uint8 images (N, C, H, W), or (images, labels) for the onl
 with no transforms: augmentation runs batched on the device. Mixed precision is the Trainer's
 (`precision="bf16-mixed"`), as is SyncBatchNorm across processes (`sync_batchnorm=True`, the
 paper's global BN, section 3); `cfg.batch_size` is the global batch the learning-rate rule
-scales with (the DataLoader's batch times the number of processes).
+scales with (the DataLoader's batch times the number of processes). The schedule spans the
+Trainer's run (`estimated_stepping_batches`: max_epochs or max_steps), its warmup
+`cfg.warmup_epochs` of the Trainer's epochs (of cfg.epochs when the Trainer counts steps).
 """
 
 from __future__ import annotations
