@@ -62,9 +62,12 @@ def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
 
 
 def default_out_dir(weights: Weights) -> Path:
-    """A run folder reports into itself; a weights file into eval-<name>/ beside it."""
+    """A run folder reports into itself; a weights file into eval-<name>/ beside it; a
+    shipped encoder (inside the package) into eval-<name>/ in the current folder."""
     if weights.kind == "run":
         return weights.path
+    if weights.kind == "pretrained":
+        return Path(f"eval-{weights.path.stem}")
     return weights.path.parent / f"eval-{weights.path.stem}"
 
 
