@@ -180,6 +180,7 @@ def _onnx_export(encoder, x: torch.Tensor) -> tuple[bytes, dict, float]:
     try:
         import onnx
         import onnxruntime
+        import onnxscript  # noqa: F401  torch.onnx's translator, imported by the exporter
     except ImportError:
         raise ExportError("--format onnx needs onnx, onnxscript and onnxruntime: "
                           "pip install 'fastclr[onnx]'") from None

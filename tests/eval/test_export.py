@@ -210,3 +210,14 @@ def test_a_failed_write_leaves_neither_file(exported_encoder, tmp_path, monkeypa
     with pytest.raises(ExportError, match="No space left"):
         export(load_weights(exported_encoder), "torchscript", out, images=images())
     assert not out.exists() and not info_path(out).exists()
+
+
+@pytest.mark.parametrize("missing,fmt", [("onnxscript", "onnx"), ("timm", "timm")])
+def test_a_missing_extra_is_one_line_naming_it(exported_encoder, tmp_path, monkeypatch, capsys,
+                                               missing, fmt):
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import raises ImportError
+    out = tmp_path / "x.out"
+    assert main(["export", str(exported_encoder), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pip install 'fastclr[{fmt}]'" in err, err
+    assert not out.exists()
