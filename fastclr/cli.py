@@ -78,9 +78,13 @@ def _two_ints(text: str) -> tuple[int, int]:
     return a, b
 
 
+# fastclr.eval.export.FORMATS, named here so that a wrong one is refused before torch loads
+EXPORT_FORMATS = ("torchvision", "timm", "onnx", "torchscript")
+
+
 def build_parser() -> Parser:
-    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_preview, cmd_presets,
-                                  cmd_study, cmd_train)
+    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_export, cmd_preview,
+                                  cmd_presets, cmd_study, cmd_train)
 
     parser = Parser(prog="fastclr", description="SimCLR pretraining and evaluation "
                     "(Chen et al., ICML 2020). Start with `fastclr train --config "
@@ -122,6 +126,9 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
+    p.add_argument("--map", default="tsne", choices=("tsne", "umap"),
+                   help="the 2-D embedding map of the plots protocol: tsne (default) or umap "
+                   "(pip install 'fastclr[umap]'; its first use compiles for ~30 s)")
     _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 
@@ -148,8 +155,9 @@ def build_parser() -> Parser:
                        description="Compute h = f(x) for every image of a data set and write "
                        "OUT.npy (float32, N x feat_dim) and OUT.index.jsonl (one line per row: "
                        "position, split, index, label, class, source).")
-    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt or "
-                   "run folder")
+    p.add_argument("--weights", required=True, help="encoder.safetensors, checkpoint .pt, "
+                   "run folder, or pretrained:NAME (pretrained:fashion-mnist ships with "
+                   "fastclr)")
     p.add_argument("--data", default=None, help="data set name; default: the one the encoder "
                    "was trained on")
     p.add_argument("--data-dir", default=None, help="where the data set's files are")
@@ -186,6 +194,28 @@ def build_parser() -> Parser:
     p.add_argument("--only", default=None, metavar="CELL/seedK", help=argparse.SUPPRESS)
     _add_threads_option(p)
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("export", help="write the encoder for torchvision, timm, ONNX or "
+                       "TorchScript",
+                       description="Export the encoder f to use outside fastclr. torchvision "
+                       "and timm get a state dict for their own ResNet (width 1 only) and the "
+                       "lines that load it; onnx and torchscript get a graph that takes [0, 1] "
+                       "images of any batch size and normalises them itself. Each export is "
+                       "run on real images of the encoder's data set before it is written; a "
+                       "JSON beside it says what the model takes and gives.")
+    p.add_argument("run", metavar="RUN", help="a run folder, an encoder.safetensors, a "
+                   "checkpoint .pt, or pretrained:NAME (a shipped encoder)")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="torchvision or timm: a state dict (.pt) for the library's ResNet; "
+                   "onnx: an .onnx graph (pip install 'fastclr[onnx]'); torchscript: a .pt "
+                   "module for torch.jit.load")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write; "
+                   "PATH's name with .json goes beside it (resnet18.pt -> resnet18.json)")
+    p.add_argument("--data", default=None, help="data set whose images the export is checked "
+                   "on; default: the one the encoder was trained on")
+    p.add_argument("--data-dir", default=None, help="where that data set's files are")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=cmd_presets)

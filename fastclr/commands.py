@@ -74,7 +74,7 @@ def cmd_eval(args) -> int:
     finetune_epochs = None if args.finetune_epochs is None else dict(
         zip((0.01, 0.1), args.finetune_epochs))
     report = evaluate_weights(weights, protocols, device, out_dir, args.seed, print,
-                              args.linear_aug_epochs, finetune_epochs)
+                              args.linear_aug_epochs, finetune_epochs, args.map)
     _print_report(report, out_dir)
     return 0
 
@@ -93,6 +93,18 @@ def cmd_embed(args) -> int:
     npy, index = write_embedding(args.out, features, rows)
     print(f"wrote {tuple(features.shape)} features h of {weights.cfg.data} "
           f"({', '.join(s for s, _ in parts)}) to {npy}, index in {index}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fastclr.eval.export import check_out, export, summary
+    from fastclr.eval.weights import load_weights
+
+    _set_threads(args.threads)
+    check_out(args.out)  # an unwritable --out is refused before the weights are read
+    weights = load_weights(args.run, args.data, args.data_dir, "cpu")
+    done = export(weights, args.format, args.out, source=args.run)
+    print("\n".join(summary(done)))
     return 0
 
 

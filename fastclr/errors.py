@@ -19,3 +19,7 @@ class CheckpointError(FastclrError):
 
 class RunFolderError(FastclrError):
     """A run folder in use by another process, or made with other training options."""
+
+
+class ExportError(FastclrError):
+    """An encoder that a format cannot hold, or an export that cannot be written."""

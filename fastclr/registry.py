@@ -139,7 +139,7 @@ PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
 PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",
                   "alignment, uniformity, effective rank, contrastive top-1")
 PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
-                  "training curves, t-SNE embedding map, nearest-neighbour grid")
+                  "training curves, t-SNE (or UMAP) embedding map, nearest-neighbour grid")
 PROTOCOLS.declare("pca", "fastclr.eval.protocols:run_pca",
                   "linear probes on h compressed by PCA to 2, 4, 8, ... dimensions")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastclr.checkpoint import export_encoder, load_encoder
-from fastclr.models import build_encoder, build_model
+from fastclr.models import build_model
 from fastclr.norms import GroupedBatchNorm, StandardizedConv2d, convert_grouped_batchnorm
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 
@@ -57,7 +57,7 @@ def test_one_group_is_plain_batch_norm_bit_for_bit():
 
 def test_groups_hold_both_views_of_their_images():
     bn = GroupedBatchNorm(1, 2, affine=False)
-    n = 4  # images; rows i and n + i are the two views of image i
+    # 4 images; rows i and n + i are the two views of image i
     x = torch.tensor([0.0, 0.0, 10.0, 10.0, 2.0, 2.0, 12.0, 12.0]).view(8, 1)
     y = bn(x).flatten()
     # group 0: images 0, 1 (values 0, 0, 2, 2, mean 1); group 1: images 2, 3 (mean 11)

@@ -10,5 +10,6 @@
     monitor.py     signals during pretraining: the kNN monitor, the online probe
     plots.py       the pictures
     embed.py       features of a whole data set to .npy
+    export.py      the encoder for torchvision, timm, ONNX and TorchScript
     weights.py     what eval and embed can be pointed at (run folder, export, checkpoint)
 """

@@ -91,6 +91,38 @@ def tsne_map(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(xy).float()
 
 
+def umap_map(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """2-D UMAP coordinates (N, 2) of features (N, D) (McInnes et al. 2018), with the cosine
+    geometry of the loss and the kNN classifier, like `tsne_map`. Needs umap-learn."""
+    require_map("umap")
+    import umap
+    from threadpoolctl import threadpool_limits
+
+    x = F.normalize(features.float().cpu(), dim=1).numpy()
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed,
+                        n_jobs=1)  # a seed makes it one thread anyway; say so, no warning
+    with threadpool_limits(1):  # as for t-SNE: sklearn's and torch's pools on a small CPU
+        xy = reducer.fit_transform(x)
+    return torch.from_numpy(xy).float()
+
+
+# the 2-D maps by name, with the name a picture shows
+MAPS = {"tsne": (tsne_map, "t-SNE"), "umap": (umap_map, "UMAP")}
+
+
+def require_map(method: str) -> None:
+    """Refuse, before any work, a map method that is unknown or whose package is missing."""
+    from fastclr.errors import ConfigError
+
+    if method not in MAPS:
+        raise ConfigError(f"unknown embedding map {method!r}; known: {', '.join(MAPS)}")
+    if method == "umap":
+        import importlib.util
+        if importlib.util.find_spec("umap") is None:
+            raise ConfigError("the UMAP embedding map needs umap-learn: "
+                              "pip install 'fastclr[umap]' (or use --map tsne)")
+
+
 def plot_embedding_map(xy: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None,
                        path: str | Path, title: str = "test features (t-SNE of h)") -> Path:
     """Points (N, 2) coloured by class, with a legend of class names."""

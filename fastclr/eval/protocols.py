@@ -50,8 +50,9 @@ class Session:
 
     def __init__(self, weights: Weights, train: ImageSet, test: ImageSet, device,
                  out_dir: Path, seed: int = 0, linear_aug_epochs: int = LINEAR_AUG_EPOCHS,
-                 finetune_epochs: dict[float, int] | None = None):
+                 finetune_epochs: dict[float, int] | None = None, map_method: str = "tsne"):
         self.weights, self.cfg = weights, weights.cfg
+        self.map_method = map_method  # the embedding map of `plots`: tsne or umap
         self.linear_aug_epochs = linear_aug_epochs
         self.finetune_epochs = finetune_epochs or PAPER_EPOCHS
         self.encoder, self.head = weights.encoder, weights.head
@@ -157,9 +158,10 @@ def run_plots(s: Session) -> dict:
     h_train, h_test = s.h()
     g = torch.Generator().manual_seed(s.seed)
     pick = torch.randperm(len(h_test), generator=g)[:MAP_IMAGES]
-    xy = plots.tsne_map(h_test[pick], s.seed)
+    make_map, method = plots.MAPS[s.map_method]
+    xy = make_map(h_test[pick], s.seed)
     plots.plot_embedding_map(xy, s.test.labels[pick], s.test.classes,
-                             s.out_dir / "embedding_map.png")
+                             s.out_dir / "embedding_map.png", f"test features ({method} of h)")
     written.append("embedding_map.png")
     # one query per class: the first test image of each class (a fixed, readable choice)
     labels = s.test.labels
@@ -170,7 +172,7 @@ def run_plots(s: Session) -> dict:
                               s.train.labels[idx], s.test.classes,
                               s.out_dir / "nearest_neighbours.png", sim.cpu())
     written.append("nearest_neighbours.png")
-    return {"plots": written}
+    return {"plots": written, "embedding_map_method": method}
 
 
 def run_linear_aug(s: Session) -> dict:

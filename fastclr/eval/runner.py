@@ -62,26 +62,34 @@ def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
 
 
 def default_out_dir(weights: Weights) -> Path:
-    """A run folder reports into itself; a weights file into eval-<name>/ beside it."""
+    """A run folder reports into itself; a weights file into eval-<name>/ beside it; a
+    shipped encoder (inside the package) into eval-<name>/ in the current folder."""
     if weights.kind == "run":
         return weights.path
+    if weights.kind == "pretrained":
+        return Path(f"eval-{weights.path.stem}")
     return weights.path.parent / f"eval-{weights.path.stem}"
 
 
 def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=None,
                      seed: int = 0, progress=None, linear_aug_epochs: int | None = None,
-                     finetune_epochs: dict[float, int] | None = None) -> dict:
+                     finetune_epochs: dict[float, int] | None = None,
+                     map_method: str = "tsne") -> dict:
     """Run the evaluation `protocols` (SimCLR section 4, section 6, appendix B) on loaded
     weights; merge the results into out_dir/report.json and return them.
 
     `finetune_epochs` maps label fractions to epochs (default: the paper's 1% -> 60,
-    10% -> 30); `progress(line)` is called after each protocol.
+    10% -> 30); `map_method` is the embedding map of `plots` (tsne, or umap where umap-learn
+    is installed); `progress(line)` is called after each protocol.
 
     Entries of an earlier report.json of the same encoder step are kept, so protocols can be
     run one at a time; a report of another step is replaced.
     """
     device = torch.device(device)
     cfg = weights.cfg
+    if "plots" in protocols:
+        from fastclr.eval.plots import require_map
+        require_map(map_method)  # before the data is read
     train, test = _labeled_splits(cfg)
     out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +107,7 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
         report["epochs"] = cfg.epochs
     seconds = report.setdefault("seconds", {})
     session = Session(weights, train, test, device, out_dir, seed,
-                      linear_aug_epochs or LINEAR_AUG_EPOCHS, finetune_epochs)
+                      linear_aug_epochs or LINEAR_AUG_EPOCHS, finetune_epochs, map_method)
     start = time.perf_counter()
     for name in protocols:
         t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """What `fastclr eval` and `fastclr embed` can be pointed at, turned into modules.
 
 Three kinds of path: a run folder (written by `fastclr train`), an exported encoder
-(`encoder.safetensors`, f only), or a training checkpoint (`.pt`, f and g). Each gives the
+(`encoder.safetensors`, f only), or a training checkpoint (`.pt`, f and g); and
+`pretrained:NAME`, an exported encoder shipped inside the package (fastclr.zoo). Each gives the
 encoder f in eval mode, the projection head g when the path holds it (needed for the paper's
 h-versus-z comparison, section 4.2), and a config saying which data set and augmentation the
 encoder was trained with.
@@ -20,6 +21,7 @@ from fastclr.config import Config, config_from_dict, read_yaml
 from fastclr.errors import CheckpointError, ConfigError
 from fastclr.models import build_model
 from fastclr.spec import ModelSpec
+from fastclr.zoo import resolve as resolve_pretrained
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Weights:
     head: nn.Module | None
     cfg: Config
     step: int | None  # the pretraining step the weights are from, if known
-    kind: str  # "run", "encoder" or "checkpoint"
+    kind: str  # "run", "encoder", "pretrained" (shipped) or "checkpoint"
     path: Path
 
     @property
@@ -58,13 +60,14 @@ def _from_checkpoint(path: Path, device) -> tuple[nn.Module, nn.Module, Config, 
 
 def load_weights(path: str | Path, data: str | None = None, data_dir: str | None = None,
                  device="cpu") -> Weights:
-    """Load a run folder, an encoder .safetensors or a checkpoint .pt for evaluation.
+    """Load a run folder, an encoder .safetensors, a checkpoint .pt or pretrained:NAME.
 
     `data` (a data set name) and `data_dir` override what the weights were trained on; an
     exported encoder records its data set in its metadata, so `data` is needed only for other
     data (for example a transfer evaluation) or exports that lack it.
     """
-    path = Path(path)
+    shipped = resolve_pretrained(path)  # its sha256 checked
+    path = shipped or Path(path)
     if path.is_dir():
         weights = _load_run(path, device)
     elif not path.exists():
@@ -80,7 +83,10 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
                               "give --data NAME")
         else:
             cfg = Config(data=meta.get("data", data)).validate()
-        weights = Weights(encoder, None, cfg, meta.get("step"), "encoder", path)
+        if shipped:  # where the training machine found its data means nothing here
+            cfg = dataclasses.replace(cfg, data_dir=None, download=False)
+        weights = Weights(encoder, None, cfg, meta.get("step"),
+                          "pretrained" if shipped else "encoder", path)
     elif path.suffix == ".pt":
         encoder, head, cfg, step = _from_checkpoint(path, device)
         weights = Weights(encoder, head, cfg, step, "checkpoint", path)

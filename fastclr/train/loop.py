@@ -141,6 +141,8 @@ class Trainer:
         state = load_checkpoint(resume_from, map_location=ctx.device) if resume_from else None
         old = saved_config(self.run_dir, resume_from, state)
         allowed, others = check_identity(old, cfg, self.run_dir) if old else ([], [])
+        distributed.barrier()  # rank 0 made the folder
+        setup_logging(self.run_dir, ctx.is_main)
         pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
         self.run = build_run(cfg, ctx, pretrain)
         self.image_size = pretrain.shape[-1]  # of the views, recorded in the export
@@ -151,8 +153,6 @@ class Trainer:
             write_config(self.run_dir, cfg)
             self.record.start(cfg, ctx.world_size, str(ctx.device), pretrain, self.step,
                               allowed)
-        distributed.barrier()
-        setup_logging(self.run_dir, ctx.is_main)
         if allowed:
             log.info("resuming with changed training options (allowed): %s", ", ".join(allowed))
             if old is not None and old.epochs != cfg.epochs:

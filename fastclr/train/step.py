@@ -36,6 +36,36 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 2**52 + rank * 2**32 + step) % 2**64
 
 
+def forward_step(forward: nn.Module, augment: SimCLRAugment, images: torch.Tensor,
+                 generator: torch.Generator, loss_fn: Callable | None, world_size: int = 1,
+                 autocast: bool = False, views: torch.Tensor | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 labels: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward half of a step (SimCLR algorithm 1): uint8 images (n, C, H, W) -> two random
+    views each -> f and g on all 2n in one forward -> the loss over the global batch
+    (`loss_fn(z1, z2, distributed)`, see fastclr.loss.build_loss; None: the supervised
+    objective, cross-entropy of both views against `labels`).
+
+    Returns the loss, a bool tensor "skip this step" (the loss is not finite on some process),
+    h (2n, feat_dim) and the views (2n, C, S, S), `views` if given. `Run.train_step` and the
+    Lightning module (fastclr.lightning) both call it.
+    """
+    # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for both
+    x = augment.stacked_views(images, generator, out=views, memory_format=memory_format)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        h, z = forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
+        n = len(images)
+        if loss_fn is None:  # supervised: both views of each image carry its label
+            loss = F.cross_entropy(z.float(), torch.cat([labels, labels]))
+        else:
+            loss = loss_fn(z[:n], z[n:], distributed=world_size > 1)
+    bad = ~torch.isfinite(loss.detach())
+    if world_size > 1:  # every process must skip the same steps
+        bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+    return loss, bad, h, x
+
+
 class BufferGuard:
     """Keeps BN running statistics of a step whose loss was not finite from being kept.
 
@@ -83,34 +113,25 @@ class Run:
         """One optimisation step; returns the loss and a bool tensor 'this step was skipped'.
         `labels` (n,) of the images feed the online probe, if there is one, and the supervised
         objective."""
-        cfg, device = self.cfg, self.ctx.device
+        cfg = self.cfg
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.generator.manual_seed(step_seed(cfg.seed, step, self.ctx.rank))
         self.guard.save()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
-        # both; written into the same buffer every step (fresh pages cost more than the maths)
-        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
-        self.views = x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
-            n = len(images)
-            if self.loss is None:  # supervised: both views of each image carry its label
-                loss = F.cross_entropy(z.float(), torch.cat([labels, labels]))
-            else:
-                loss = self.loss(z[:n], z[n:], distributed=self.ctx.world_size > 1)
-        bad = ~torch.isfinite(loss.detach())
-        if self.ctx.world_size > 1:  # every process must skip the same steps
-            bad = distributed.all_reduce_max(bad.to(torch.uint8)).bool()
+        # the views are written into the same buffer every step (fresh pages cost more than
+        # the maths)
+        loss, bad, h, self.views = forward_step(
+            self.forward, self.augment, images, self.generator, self.loss, self.ctx.world_size,
+            self.autocast, self.views, fmt, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.guard.restore_if(bad)
         if self.probe is not None and labels is not None:
-            self.probe.step(h[:n], labels, bad)  # first view's h, detached inside
+            self.probe.step(h[:len(images)], labels, bad)  # first view's h, detached inside
         return loss.detach(), bad
 
 
@@ -144,12 +165,18 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     precision = cfg.precision if cfg.precision != "auto" else (
         "bf16" if ctx.device.type == "cuda" else "fp32")
-    loss = None if cfg.objective == "supervised" else build_loss(
-        cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard)
+    loss = loss_from_config(cfg)
     return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg, pretrain.shape[0]), batches, total,
                warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
                torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
                channels_last, loss)
+
+
+def loss_from_config(cfg: Config) -> Callable | None:
+    """The run's loss (z1, z2, distributed) -> scalar; None for the supervised objective."""
+    if cfg.objective == "supervised":
+        return None
+    return build_loss(cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard)
 
 
 def supervised_classes(cfg: Config, pretrain: Pretrain) -> int | None:
