@@ -198,12 +198,36 @@ class FolderIndex:
 
 
 def _walk(top: Path):
-    """Non-hidden files under `top`, recursively (symlinked folders are not followed)."""
-    for dirpath, dirnames, filenames in os.walk(top):
+    """Non-hidden files under `top`, recursively, in sorted order.
+
+    Symlinked folders are followed (a class folder of an image folder may be a link, and so may
+    any folder below it), each real folder once: a link to a folder above `top` is not
+    followed (no loop, and no class folder reading its siblings), and two links to one folder
+    do not index its images twice.
+    """
+    def key(path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:  # vanished or unreadable since it was listed
+            return None
+        return st.st_dev, st.st_ino
+
+    seen = {key(p) for p in Path(os.path.realpath(top)).parents}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = key(dirpath)
+        if here is None or here in seen:
+            dirnames[:] = []
+            continue
+        seen.add(here)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
+
+
+def has_image_file(top: Path) -> bool:
+    """Whether any file under `top` has an image extension (stops at the first; reads none)."""
+    return any(path.suffix.lower() in IMAGE_EXTENSIONS for path in _walk(top))
 
 
 def index_folder(root: Path, classes: list[str] | None = None) -> FolderIndex:

@@ -22,7 +22,7 @@ from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoi
                                 load_checkpoint, prune_checkpoints, remove_stale_temp,
                                 save_checkpoint)
 from fastclr.config import Config
-from fastclr.data import get_spec, load_pretrain
+from fastclr.data import check_evaluation_data, get_spec, load_pretrain
 from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import CheckpointError
 from fastclr.eval.monitor import Monitor, OnlineProbe
@@ -142,6 +142,8 @@ class Trainer:
         old = saved_config(self.run_dir, resume_from, state)
         allowed, others = check_identity(old, cfg, self.run_dir) if old else ([], [])
         pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
+        if cfg.final_eval:  # what the evaluation after pretraining reads is there now
+            check_evaluation_data(cfg.data, cfg.data_dir, cfg.download)
         self.run = build_run(cfg, ctx, pretrain)
         self.image_size = pretrain.shape[-1]  # of the views, recorded in the export
         if state is not None:
