@@ -88,32 +88,33 @@ class Trainer:
 
     def fit(self) -> Path:
         cfg, ctx = self.cfg, self.ctx
-        with self._lock(), StopSignals() as signals:
-            self._prepare()
+        with self._lock():
+            self._prepare()  # a signal here stops at once: there is nothing to save yet
             run, spe = self.run, self.run.batches.steps_per_epoch
             stats, started_at = RunningStats(ctx.device), self.step
             self.loop_start = self.tick = time.perf_counter()
             self.tick_step = self.step
             run.forward.train()
             try:
-                while self.step < self.last_step:
-                    epoch = self.step // spe
-                    for images, labels in self._batches(epoch):
-                        loss, bad = run.train_step(images, self.step, labels)
-                        stats.add(loss, bad)
-                        self.step += 1
-                        done = self.step >= self.last_step
-                        # one process acts on a signal at once; several agree at the next log
-                        alone = signals.received is not None and ctx.world_size == 1
-                        if (self.step % cfg.log_every == 0 or done or self.step % spe == 0
-                                or alone):
-                            self._log_line(stats, signals, done)
-                        if self.step % cfg.checkpoint_every == 0 and not done:
-                            self._save()
-                        if done:
-                            break
-                    if self.step % spe == 0 and self._monitor_due():
-                        self._watch()
+                with StopSignals() as signals:
+                    while self.step < self.last_step:
+                        epoch = self.step // spe
+                        for images, labels in self._batches(epoch):
+                            loss, bad = run.train_step(images, self.step, labels)
+                            stats.add(loss, bad)
+                            self.step += 1
+                            done = self.step >= self.last_step
+                            # one process acts on a signal at once; several agree at the next log
+                            alone = signals.received is not None and ctx.world_size == 1
+                            if (self.step % cfg.log_every == 0 or done or self.step % spe == 0
+                                    or alone):
+                                self._log_line(stats, signals, done)
+                            if self.step % cfg.checkpoint_every == 0 and not done:
+                                self._save()
+                            if done:
+                                break
+                        if self.step % spe == 0 and self._monitor_due():
+                            self._watch()
             except BaseException as e:
                 self._end(self._outcome(e))
                 raise
