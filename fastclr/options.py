@@ -16,6 +16,7 @@ from fastclr.errors import ConfigError
 from fastclr.registry import BACKBONES, HEADS, LOSSES, NORMS, OPTIMIZERS
 
 GROUPS = ("data", "augment", "model", "loss", "optim", "train", "eval")
+DATA_PATH_PREFIXES = ("folder:", "imagefolder:")  # --data KIND:PATH (see fastclr.data.catalog)
 # groups whose every option changes what a run learns (its identity); elsewhere, options say so
 IDENTITY_GROUPS = ("augment", "model", "loss", "optim")
 
@@ -256,7 +257,7 @@ class Config:
         for name in self.allowed_changes:
             if name not in _HINTS or name == "name":
                 raise _unknown(name)
-        if not (self.data.startswith(("folder:", "imagefolder:"))
+        if not (self.data.startswith(DATA_PATH_PREFIXES)
                 or self.data.replace("-", "").isalnum()):
             raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
                               f"got {self.data!r}")

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from fastclr.checkpoint import encoder_metadata, latest_checkpoint, load_checkpoint, load_encoder
 from fastclr.config import Config, config_from_dict, read_yaml
-from fastclr.errors import CheckpointError, ConfigError
+from fastclr.data import get_spec
+from fastclr.errors import CheckpointError, ConfigError, DataError
 from fastclr.models import build_model
 from fastclr.spec import ModelSpec
 
@@ -87,10 +88,30 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
     else:
         raise CheckpointError(f"{path}: expected a run folder, an encoder .safetensors or a "
                               "checkpoint .pt")
+    trained = _trained_size(weights)
     changes = {k: v for k, v in (("data", data), ("data_dir", data_dir)) if v is not None}
     if changes:
         weights.cfg = dataclasses.replace(weights.cfg, **changes).validate()
+    if weights.cfg.image_size is None and trained and get_spec(weights.cfg.data).streamed:
+        # a folder has no size of its own: decode it at the size the encoder learned from
+        weights.cfg = dataclasses.replace(weights.cfg, image_size=trained)
     return weights
+
+
+def _trained_size(weights: Weights) -> int | None:
+    """The side of the views the encoder was trained on, where known: recorded in the export
+    (its metadata's image_size), else what a folder set is streamed at (the config's
+    image_size, or the set's default)."""
+    export = weights.path / "encoder.safetensors" if weights.kind == "run" else weights.path
+    if export.suffix == ".safetensors" and export.is_file():
+        size = encoder_metadata(export).get("image_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    try:
+        spec = get_spec(weights.cfg.data)
+    except DataError:  # a set this fastclr does not know (evaluated with --data NAME)
+        return weights.cfg.image_size
+    return (weights.cfg.image_size or spec.size) if spec.streamed else weights.cfg.image_size
 
 
 def _load_run(run_dir: Path, device) -> Weights:

@@ -21,7 +21,7 @@ from fastclr.augment import engine as augment_engine
 from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
                                 load_checkpoint, prune_checkpoints, remove_stale_temp,
                                 save_checkpoint)
-from fastclr.config import Config
+from fastclr.config import Config, with_absolute_paths
 from fastclr.data import check_evaluation_data, get_spec, load_pretrain
 from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import CheckpointError
@@ -81,7 +81,8 @@ class Trainer:
     """One session of one run: resume (or start), train to the last step, export."""
 
     def __init__(self, cfg: Config, ctx: distributed.Context, progress: bool = True):
-        self.cfg, self.ctx, self.progress = cfg, ctx, progress
+        # saved in config.yaml, checkpoints and the export: data paths from any directory
+        self.cfg, self.ctx, self.progress = with_absolute_paths(cfg), ctx, progress
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         self.step, self.best_knn, self.seconds_before = 0, -1.0, 0.0
         self.monitor = self.labels = self.metrics = self.bar = None
