@@ -62,10 +62,23 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                            help=help_text)
 
 
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high], else a one-line usage error."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+    return integer
+
+
 def _add_threads_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch; default: torch's choice (on a CPU shared "
-                        "with other jobs, 1 can be several times faster)")
+    parser.add_argument("--threads", type=_int_in(1, 4096), default=None, metavar="N",
+                        help="CPU threads for torch, 1-4096; default: torch's choice (on a CPU "
+                        "shared with other jobs, 1 can be several times faster)")
 
 
 def _two_ints(text: str) -> tuple[int, int]:
@@ -111,11 +124,12 @@ def build_parser() -> Parser:
                    "where training found them")
     p.add_argument("--out", default=None, help="folder for report.json and PNGs; default: the "
                    "run folder, or eval-<name>/ beside a weights file")
-    p.add_argument("--seed", type=int, default=0, help="seed of label subsets, probes, views and "
-                   "t-SNE (default 0: reports of different runs compare like with like)")
-    p.add_argument("--linear-aug-epochs", type=int, default=None, metavar="N",
-                   help="epochs of the linear-aug protocol (paper: 90 on ImageNet; default 5 "
-                   "for a CPU)")
+    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0,
+                   help="seed of label subsets, probes, views and t-SNE, 0-4294967295 "
+                   "(default 0: reports of different runs compare like with like)")
+    p.add_argument("--linear-aug-epochs", type=_int_in(1, 1000), default=None, metavar="N",
+                   help="epochs of the linear-aug protocol, 1-1000 (paper: 90 on ImageNet; "
+                   "default 5 for a CPU)")
     p.add_argument("--finetune-epochs", type=_two_ints, default=None, metavar="A,B",
                    help="fine-tuning epochs on 1%% and 10%% of the labels (default: the "
                    "paper's 60,30)")
@@ -139,9 +153,10 @@ def build_parser() -> Parser:
                        "set, each next to its two random views, as a PNG grid. Takes the same "
                        "options as train (--config, --crop-scale, --color-strength ...).")
     _add_config_options(p)
-    p.add_argument("--images", type=int, default=16, metavar="N",
-                   help="how many images to show (default 16; 4-64 reads well)")
-    p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
+    p.add_argument("--images", type=_int_in(1, 256), default=16, metavar="N",
+                   help="how many images to show, 1-256 (default 16; 4-64 reads well)")
+    p.add_argument("--out", default="preview.png", help="picture to write: .png, .jpg, .webp "
+                   "or .bmp, in the format its name says (default preview.png)")
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("embed", help="write an encoder's features h of a data set to .npy",
@@ -157,8 +172,9 @@ def build_parser() -> Parser:
                    "(default: every split, in order)")
     p.add_argument("--out", default="embeddings.npy", help="output .npy path; the index goes "
                    "beside it as .index.jsonl (default: embeddings.npy)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass; "
-                   "64-4096")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=512,
+                   help="images per forward pass, 1-4096 (default 512; under 64 leaves a GPU "
+                   "idle)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_threads_option(p)
     p.set_defaults(func=cmd_embed)
@@ -178,8 +194,8 @@ def build_parser() -> Parser:
                    "(default studies/)")
     p.add_argument("--report-dir", default=None, help="write each report to DIR/<study>/ "
                    "instead of beside the runs (e.g. docs/studies)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process "
-                   "(default 1)")
+    p.add_argument("--jobs", type=_int_in(1, 64), default=1, help="runs at a time, each its "
+                   "own process, 1-64 (default 1)")
     p.add_argument("--devices", default=None, help="comma list of devices the jobs take in "
                    "turn, e.g. cuda:0,cuda:1")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -19,3 +19,10 @@ class CheckpointError(FastclrError):
 
 class RunFolderError(FastclrError):
     """A run folder in use by another process, or made with other training options."""
+
+
+def error_text(e: BaseException) -> str:
+    """'ExceptionType: first line of its message': why a file could not be read, in one line
+    (for an error message, a log line or run.json)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

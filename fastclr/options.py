@@ -47,7 +47,7 @@ class Config:
                                   "the data set's own (28 for Fashion-MNIST)", "data", low=8,
                                   identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
-                            low=0)
+                            low=0, high=16)
 
     # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from fastclr.errors import error_text
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 # PIL's 16- and 32-bit integer grayscale modes; PIL's own convert() clips these at 255
@@ -111,12 +113,6 @@ def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
     with ThreadPoolExecutor(threads) as pool:
         failures = [f for f in pool.map(one, range(len(paths))) if f is not None]
     return (out if bool(kept.all()) else out[kept]), kept, failures
-
-
-def error_text(e: BaseException) -> str:
-    """'ExceptionType: first line of its message', for logs and run.json."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def check_header(path: Path) -> str | None:

@@ -16,6 +16,7 @@ import torch
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
 from fastclr.errors import ConfigError, DataError
+from fastclr.eval.features import require_channels
 from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, Session
 from fastclr.eval.report import previous_report
 from fastclr.eval.weights import Weights, load_weights
@@ -83,12 +84,9 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
     device = torch.device(device)
     cfg = weights.cfg
     train, test = _labeled_splits(cfg)
+    require_channels(weights.encoder, train.images, cfg.data)
     out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    channels = weights.encoder.mean.shape[1]
-    if train.images.shape[1] != channels:
-        raise DataError(f"{cfg.data} has {train.images.shape[1]}-channel images; the encoder "
-                        f"takes {channels}")
     report = previous_report(out_dir, weights.step)
     report.update({"data": cfg.data, "arch": weights.encoder.spec.arch,
                    "width": weights.encoder.spec.width, "encoder_step": weights.step,

@@ -18,7 +18,7 @@ import torch.nn as nn
 from fastclr.checkpoint import encoder_metadata, latest_checkpoint, load_checkpoint, load_encoder
 from fastclr.config import Config, config_from_dict, read_yaml
 from fastclr.data import get_spec
-from fastclr.errors import CheckpointError, ConfigError, DataError
+from fastclr.errors import CheckpointError, ConfigError, DataError, error_text
 from fastclr.models import build_model
 from fastclr.spec import ModelSpec
 
@@ -51,8 +51,9 @@ def _from_checkpoint(path: Path, device) -> tuple[nn.Module, nn.Module, Config, 
         cfg = config_from_dict(state["config"])
         model = build_model(ModelSpec.from_dict(state["spec"]))
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, ConfigError) as e:
-        raise CheckpointError(f"{path} does not hold a fastclr SimCLR model ({e})") from None
+    except Exception as e:  # a key missing, a spec its tensors do not fit, a foreign config
+        raise CheckpointError(f"{path} does not hold a fastclr SimCLR model "
+                              f"({error_text(e)})") from None
     model = model.to(device).eval()
     return model.encoder, model.head, cfg, int(state.get("step", -1))
 
@@ -75,7 +76,7 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
         encoder = load_encoder(path, device)
         meta = encoder_metadata(path)
         if "config" in meta:  # the training config: data set, image size, kNN settings ...
-            cfg = config_from_dict(meta["config"])
+            cfg = _saved_config(meta["config"], path)
         elif data is None and "data" not in meta:
             raise ConfigError(f"{path} does not say which data set it was trained on; "
                               "give --data NAME")
@@ -112,6 +113,12 @@ def _trained_size(weights: Weights) -> int | None:
     except DataError:  # a set this fastclr does not know (evaluated with --data NAME)
         return weights.cfg.image_size
     return (weights.cfg.image_size or spec.size) if spec.streamed else weights.cfg.image_size
+
+
+def _saved_config(raw, where: Path) -> Config:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} holds a damaged training config (not a mapping)")
+    return config_from_dict(raw)
 
 
 def _load_run(run_dir: Path, device) -> Weights:
