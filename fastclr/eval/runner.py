@@ -62,6 +62,12 @@ def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
+def _class_count(train: ImageSet, test: ImageSet) -> int:
+    if train.classes:
+        return len(train.classes)
+    return int(max(train.labels.max(), test.labels.max())) + 1
+
+
 def default_out_dir(weights: Weights) -> Path:
     """A run folder reports into itself; a weights file into eval-<name>/ beside it."""
     if weights.kind == "run":
@@ -106,6 +112,9 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
         if progress is not None:
             progress(f"  {name}: {seconds[name]:.1f} s")
     report["eval_seconds"] = round(time.perf_counter() - start, 2)
+    if _class_count(train, test) <= 5:  # top-5 among 5 classes or fewer is 100% by definition
+        for key in [k for k in report if k.endswith("_top5")]:
+            del report[key]
     train_time = (weights.run_dir / "train_time.json") if weights.run_dir else None
     if train_time is not None and train_time.is_file():
         try:

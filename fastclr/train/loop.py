@@ -202,8 +202,7 @@ class Trainer:
             self.monitor = Monitor(cfg, ctx.device)
         has_labels = pretrain.labels is not None and not pretrain.streamed
         if cfg.online_probe and ctx.is_main and not has_labels:
-            log.warning("online_probe: %s has no labels for its pretraining images; no probe",
-                        cfg.data)
+            log.warning("online_probe: %s; no probe", _why_no_probe(cfg.data, labeled, pretrain))
         if cfg.online_probe and ctx.is_main and has_labels:
             classes = int(pretrain.labels.max()) + 1
             self.run.probe = OnlineProbe(self.run.model.encoder.feat_dim, classes).to(ctx.device)
@@ -342,6 +341,15 @@ class Trainer:
         log.info("epochs %d -> %d: the cosine schedule now spans %d steps; at step %d the lr "
                  "goes from %.3g to %.3g and decays to 0 again by the new end", old.epochs,
                  self.cfg.epochs, run.total_steps, self.step, before, after)
+
+
+def _why_no_probe(data: str, labeled: bool, pretrain) -> str:
+    if not labeled:
+        return f"{data} has no labels"
+    if pretrain.streamed:  # the probe's label batches are cut from labels held in memory
+        return (f"{data} is streamed from files, and the probe reads labels of sets held in "
+                "memory (the kNN monitor, --knn-every N, does use this set's labels)")
+    return f"{data} pretrains on images without labels (its unlabeled split)"
 
 
 def _set_backends(cfg: Config) -> None:
