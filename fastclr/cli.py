@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
 from fastclr.errors import FastclrError
@@ -75,6 +76,19 @@ def _int_in(low: int, high: int):
     return integer
 
 
+def _device(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (whether it exists is checked on use)."""
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _devices(text: str) -> str:
+    for name in text.split(","):
+        _device(name)
+    return text
+
+
 def _add_threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_int_in(1, 4096), default=None, metavar="N",
                         help="CPU threads for torch, 1-4096; default: torch's choice (on a CPU "
@@ -133,7 +147,7 @@ def build_parser() -> Parser:
     p.add_argument("--finetune-epochs", type=_two_ints, default=None, metavar="A,B",
                    help="fine-tuning epochs on 1%% and 10%% of the labels (default: the "
                    "paper's 60,30)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
     _add_threads_option(p)
@@ -175,7 +189,7 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=512,
                    help="images per forward pass, 1-4096 (default 512; under 64 leaves a GPU "
                    "idle)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     _add_threads_option(p)
     p.set_defaults(func=cmd_embed)
 
@@ -196,9 +210,9 @@ def build_parser() -> Parser:
                    "instead of beside the runs (e.g. docs/studies)")
     p.add_argument("--jobs", type=_int_in(1, 64), default=1, help="runs at a time, each its "
                    "own process, 1-64 (default 1)")
-    p.add_argument("--devices", default=None, help="comma list of devices the jobs take in "
+    p.add_argument("--devices", type=_devices, default=None, help="comma list of devices the jobs take in "
                    "turn, e.g. cuda:0,cuda:1")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--only", default=None, metavar="CELL/seedK", help=argparse.SUPPRESS)
     _add_threads_option(p)
     p.set_defaults(func=cmd_study)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -238,7 +239,8 @@ class Config:
             raise ConfigError(f"crop_ratio values must be > 0, got {self.crop_ratio[0]}")
         if self.blur_sigma[0] <= 0:
             raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda")
+                or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         try:
             check_ops(self.augment_ops)
