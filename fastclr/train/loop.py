@@ -157,6 +157,8 @@ class Trainer:
                               allowed)
         distributed.barrier()
         setup_logging(self.run_dir, ctx.is_main)
+        if state is not None:  # said once the log is set up: before, the line was lost
+            log.info("resumed from %s at step %d", resume_from, self.step)
         if allowed:
             log.info("resuming with changed training options (allowed): %s", ", ".join(allowed))
             if old is not None and old.epochs != cfg.epochs:
@@ -189,7 +191,6 @@ class Trainer:
         self.step, self.best_knn = state["step"], state.get("best_knn", -1.0)
         self.seconds_before = state.get("train_seconds", 0.0)
         torch.set_rng_state(state["torch_rng"].cpu())
-        log.info("resumed from %s at step %d", path, self.step)
 
     def _set_up_watchers(self, pretrain) -> None:
         """The kNN monitor and the online probe, each only where the data set has labels, and
