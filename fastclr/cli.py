@@ -210,8 +210,8 @@ def build_parser() -> Parser:
                    "instead of beside the runs (e.g. docs/studies)")
     p.add_argument("--jobs", type=_int_in(1, 64), default=1, help="runs at a time, each its "
                    "own process, 1-64 (default 1)")
-    p.add_argument("--devices", type=_devices, default=None, help="comma list of devices the jobs take in "
-                   "turn, e.g. cuda:0,cuda:1")
+    p.add_argument("--devices", type=_devices, default=None, help="comma list of devices the "
+                   "jobs take in turn, e.g. cuda:0,cuda:1")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--only", default=None, metavar="CELL/seedK", help=argparse.SUPPRESS)
     _add_threads_option(p)

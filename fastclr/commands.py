@@ -10,8 +10,10 @@ import json
 import os
 from pathlib import Path
 
+from fastclr.errors import ConfigError
 from fastclr.paths import (PICTURE_FORMATS, check_embedding_out, check_output_file,
                            check_output_folder, check_weights)
+
 
 def _config_from_args(args):
     """The run's Config: defaults, then --config, then flags."""
@@ -77,8 +79,7 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     weights = load_weights(args.target, args.data, args.data_dir, device)
     require_labels(weights.cfg)
-    out_dir = args.out or check_output_folder(default_out_dir(weights), "the report folder "
-                                              "(choose another with --out)")
+    out_dir = args.out or check_output_folder(default_out_dir(weights), "--out (default)")
     print(f"evaluating {args.target} on {weights.cfg.data}: {', '.join(protocols)}", flush=True)
     finetune_epochs = None if args.finetune_epochs is None else dict(
         zip((0.01, 0.1), args.finetune_epochs))
@@ -157,7 +158,9 @@ def cmd_study(args) -> int:
         for name in STUDIES:
             print(f"{name:16} {STUDIES.help(name)}")
         print(f"budgets: {', '.join(list_budgets())} (or a YAML file of your own)")
-        return 0 if args.list else 2
+        if not args.list:
+            raise ConfigError("name a study (listed above) or all, as in `fastclr study head`")
+        return 0
     budget = load_budget(args.budget)
     check_output_folder(args.out, "--out")
     if args.report_dir:

@@ -209,7 +209,8 @@ def command_lines(draw):
         weights = draw(st.sampled_from(WEIGHTS) | st.just("{gray.safetensors}"))
         argv[argv.index("{gray.safetensors}")] = weights
     if name == "study":
-        argv[1] = draw(st.sampled_from(["head", "bogus", "all", "", "augment-full"]))
+        study = draw(st.sampled_from(["head", "bogus", "all", "", "augment-full", None]))
+        argv[1:2] = [] if study is None else [study]
     for flag, value in changes:
         argv += [flag] if value is None else [flag, value]
     return argv
