@@ -9,7 +9,6 @@ the output is written, not here.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from fastclr.errors import CheckpointError, ConfigError
@@ -75,10 +74,11 @@ def _check_writable_folder(folder: Path, what: str, target: Path) -> None:
         raise ConfigError(f"{what} {target}: {e.strerror or e}") from None
     if not existing.is_dir():
         raise ConfigError(f"{what} {target}: {existing} is a file, not a folder")
-    try:  # a probe file says more than permission bits (root, read-only mounts, quotas)
-        fd, probe = tempfile.mkstemp(prefix=".fastclr-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+    import tempfile  # here: not on the path of a command line refused at parsing
+    try:  # a probe file says more than permission bits (root, read-only mounts, quotas);
+        # TemporaryFile has no name on Linux (O_TMPFILE): nothing is left, even on a kill
+        with tempfile.TemporaryFile(prefix=".fastclr-probe-", dir=existing):
+            pass
     except OSError as e:
         raise ConfigError(f"{what} {target}: cannot write in {existing} "
                           f"({e.strerror or e})") from None
