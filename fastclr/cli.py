@@ -222,6 +222,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's failure
+    (a plain RuntimeError): options too large for this machine, which the user can lower."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -241,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"fastclr: training stopped: {one_line(e)}", file=sys.stderr)
         return 3
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked for at once)" if asked else ""
+        print(f"fastclr: error: out of memory{size}; try a smaller --batch-size, --image-size "
+              "or --width", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:  # a full disk, a vanished folder: the environment, not a bug
         where = f"{e.filename}: " if e.filename else ""
         print(f"fastclr: error: {one_line(where)}{e.strerror or e}", file=sys.stderr)

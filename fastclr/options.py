@@ -46,7 +46,7 @@ class Config:
                           "(needs a network)", "data")
     image_size: int | None = _opt(None, "side of the square training views in pixels; default: "
                                   "the data set's own (28 for Fashion-MNIST)", "data", low=8,
-                                  identity=True)
+                                  high=4096, identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
                             low=0, high=16)
 
@@ -103,8 +103,9 @@ class Config:
     head_layers: int = _opt(2, "linear layers in the nonlinear head (SimCLR: 2, SimCLRv2: 3)",
                             "model", low=2, high=8)
     head_hidden: int | None = _opt(None, "hidden width of the head; default: the encoder's "
-                                   "feature size", "model", low=1)
-    proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1)
+                                   "feature size", "model", low=1, high=65536)
+    proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1,
+                         high=65536)
     encoder_norm: str = _opt("batch", "normalisation layers of the encoder (batch: the paper's; "
                              "layer and group (with weight standardisation) need no batch "
                              "statistics, the notes' alternative to global BN)", "model",
@@ -151,9 +152,9 @@ class Config:
                        identity=True)
     batch_size: int = _opt(256, "global batch of images (each gives 2 views); split over "
                            "processes (paper: 4096; 256-1024 on one GPU)", "train", low=2,
-                           identity=True)
+                           high=65536, identity=True)
     seed: int = _opt(0, "random seed of initialisation, data order and augmentations", "train",
-                     low=0, identity=True)
+                     low=0, high=2**32 - 1, identity=True)
     device: str = _opt("auto", "auto (cuda when present), cpu, cuda or cuda:N", "train")
     precision: str = _opt("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16; "
                           "the loss's logits are always fp32", "train",
@@ -200,7 +201,8 @@ class Config:
     knn_k: int = _opt(200, "neighbours of the weighted kNN classifier", "eval", low=1)
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
                                   low=1e-3)
-    eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1)
+    eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1,
+                                high=65536)
     online_probe: bool = _opt(False, "during pretraining, train a linear classifier on "
                               "stop-gradient h of one view with its own optimiser and log its "
                               "top-1 on the training batches as probe_top1 in metrics.jsonl "

@@ -188,6 +188,9 @@ def test_an_unwritable_folder_is_exit_2(tmp_path, capsys):
     (["eval", "x.pt", "--threads", "0"], "argument --threads: must be"),
     (["eval", "x.pt", "--linear-aug-epochs", "0"], "argument --linear-aug-epochs: must be"),
     (["study", "head", "--jobs", "0"], "argument --jobs: must be"),
+    (["train", "--seed", str(10**23)], "seed must be <= 4294967295"),  # torch: an overflow
+    (["train", "--batch-size", "100000"], "batch_size must be <= 65536"),
+    (["train", "--image-size", "100000"], "image_size must be <= 4096"),
 ])
 def test_ranges_in_the_help_are_enforced(capsys, argv, expected):
     try:
@@ -240,3 +243,20 @@ def test_the_online_probe_says_why_a_streamed_set_gets_none(tmp_path, capsys):
     assert (f"online_probe: imagefolder:{folder} is streamed from files, and the probe reads "
             "labels of sets held in memory (the kNN monitor, --knn-every N, does use this "
             "set's labels); no probe") in out
+
+
+def test_options_too_large_for_the_machine_are_one_line(capsys, monkeypatch):
+    """What no range can catch (a batch that fits one machine and not another) ends as the
+    allocator's failure: one line naming the options to lower, not torch's traceback."""
+    def allocate(args):
+        torch.empty(2**60, dtype=torch.uint8)
+    monkeypatch.setattr("fastclr.commands.cmd_presets", allocate)
+    assert main(["presets"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("fastclr: error: out of memory (") and "--batch-size" in line
+
+    def bug(args):
+        raise RuntimeError("a bug, not a memory limit")
+    monkeypatch.setattr("fastclr.commands.cmd_presets", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors still show where they are
+        main(["presets"])
