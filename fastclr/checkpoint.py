@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fastclr.errors import CheckpointError
+from fastclr.errors import CheckpointError, error_text
 
 SCHEMA_VERSION = 2  # 2: the model spec inside, encoder weights under encoder.backbone.*
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -162,22 +162,39 @@ def export_encoder(encoder: torch.nn.Module, path: Path, meta: dict) -> None:
     atomic_write(Path(path), lambda f: f.write(blob))
 
 
+def _export_path(path: str | Path) -> Path:
+    """An exported encoder's file: `path`, or a run folder's encoder.safetensors."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "encoder.safetensors").is_file():
+            raise CheckpointError(f"{path} is a folder without encoder.safetensors (give an "
+                                  "exported encoder, or a run folder that has finished)")
+        return path / "encoder.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"encoder file {path} does not exist")
+    return path
+
+
 def encoder_metadata(path: str | Path) -> dict:
-    """The fastclr metadata of an exported encoder (spec, step, training config)."""
+    """The fastclr metadata of an exported encoder (spec, step, training config); `path` may
+    also be a run folder."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = _export_path(path)
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {})["fastclr"])
-    except FileNotFoundError:
-        raise CheckpointError(f"encoder file {path} does not exist") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a fastclr encoder export ({e})") from None
+            meta = json.loads((f.metadata() or {})["fastclr"])
+    except Exception as e:  # safetensors' own error, a missing key, bad JSON: not an export
+        raise CheckpointError(f"{path} is not a fastclr encoder export ({error_text(e)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a fastclr encoder export (its metadata is not "
+                              "a mapping)")
+    return meta
 
 
 def load_encoder(path: str | Path, device="cpu") -> torch.nn.Module:
-    """Rebuild an exported encoder: `fastclr.load_encoder("runs/x/encoder.safetensors")`.
+    """Rebuild an exported encoder: `fastclr.load_encoder("runs/x/encoder.safetensors")` (or
+    the run folder). A file that is not one is a CheckpointError.
 
     It takes float images in [0, 1], shape (N, C, H, W), and returns h (N, feat_dim).
     """
@@ -186,14 +203,18 @@ def load_encoder(path: str | Path, device="cpu") -> torch.nn.Module:
     from fastclr.models import build_encoder
     from fastclr.spec import EncoderSpec, encoder_spec_from_dict
 
+    path = _export_path(path)
     meta = encoder_metadata(path)
-    tensors = load_file(str(path), device=str(device))
-    if "spec" in meta:
-        spec = encoder_spec_from_dict(meta["spec"])
-    else:  # fastclr 0.1: the spec's fields at the top level, layers without `backbone.`
-        spec = EncoderSpec(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
-                           tuple(meta["mean"]), tuple(meta["std"]))
-        tensors = legacy_encoder_keys(tensors)
-    encoder = build_encoder(spec)
-    encoder.load_state_dict(tensors)
+    try:
+        tensors = load_file(str(path), device=str(device))
+        if "spec" in meta:
+            spec = encoder_spec_from_dict(meta["spec"])
+        else:  # fastclr 0.1: the spec's fields at the top level, layers without `backbone.`
+            spec = EncoderSpec(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
+                               tuple(meta["mean"]), tuple(meta["std"]))
+            tensors = legacy_encoder_keys(tensors)
+        encoder = build_encoder(spec)
+        encoder.load_state_dict(tensors)
+    except Exception as e:  # a damaged file or a spec its tensors do not fit
+        raise CheckpointError(f"{path} does not hold a fastclr encoder ({error_text(e)})") from None
     return encoder.to(device).eval()

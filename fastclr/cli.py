@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
 from fastclr.errors import FastclrError
@@ -62,10 +63,36 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                            help=help_text)
 
 
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high], else a one-line usage error."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+    return integer
+
+
+def _device(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (whether it exists is checked on use)."""
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _devices(text: str) -> str:
+    for name in text.split(","):
+        _device(name)
+    return text
+
+
 def _add_threads_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch; default: torch's choice (on a CPU shared "
-                        "with other jobs, 1 can be several times faster)")
+    parser.add_argument("--threads", type=_int_in(1, 4096), default=None, metavar="N",
+                        help="CPU threads for torch, 1-4096; default: torch's choice (on a CPU "
+                        "shared with other jobs, 1 can be several times faster)")
 
 
 def _two_ints(text: str) -> tuple[int, int]:
@@ -115,15 +142,16 @@ def build_parser() -> Parser:
                    "where training found them")
     p.add_argument("--out", default=None, help="folder for report.json and PNGs; default: the "
                    "run folder, or eval-<name>/ beside a weights file")
-    p.add_argument("--seed", type=int, default=0, help="seed of label subsets, probes, views and "
-                   "t-SNE (default 0: reports of different runs compare like with like)")
-    p.add_argument("--linear-aug-epochs", type=int, default=None, metavar="N",
-                   help="epochs of the linear-aug protocol (paper: 90 on ImageNet; default 5 "
-                   "for a CPU)")
+    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0,
+                   help="seed of label subsets, probes, views and t-SNE, 0-4294967295 "
+                   "(default 0: reports of different runs compare like with like)")
+    p.add_argument("--linear-aug-epochs", type=_int_in(1, 1000), default=None, metavar="N",
+                   help="epochs of the linear-aug protocol, 1-1000 (paper: 90 on ImageNet; "
+                   "default 5 for a CPU)")
     p.add_argument("--finetune-epochs", type=_two_ints, default=None, metavar="A,B",
                    help="fine-tuning epochs on 1%% and 10%% of the labels (default: the "
                    "paper's 60,30)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init and raw-pixel baselines")
     p.add_argument("--map", default="tsne", choices=("tsne", "umap"),
@@ -146,9 +174,10 @@ def build_parser() -> Parser:
                        "set, each next to its two random views, as a PNG grid. Takes the same "
                        "options as train (--config, --crop-scale, --color-strength ...).")
     _add_config_options(p)
-    p.add_argument("--images", type=int, default=16, metavar="N",
-                   help="how many images to show (default 16; 4-64 reads well)")
-    p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
+    p.add_argument("--images", type=_int_in(1, 256), default=16, metavar="N",
+                   help="how many images to show, 1-256 (default 16; 4-64 reads well)")
+    p.add_argument("--out", default="preview.png", help="picture to write: .png, .jpg, .webp "
+                   "or .bmp, in the format its name says (default preview.png)")
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("embed", help="write an encoder's features h of a data set to .npy",
@@ -165,9 +194,10 @@ def build_parser() -> Parser:
                    "(default: every split, in order)")
     p.add_argument("--out", default="embeddings.npy", help="output .npy path; the index goes "
                    "beside it as .index.jsonl (default: embeddings.npy)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass; "
-                   "64-4096")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=512,
+                   help="images per forward pass, 1-4096 (default 512; under 64 leaves a GPU "
+                   "idle)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     _add_threads_option(p)
     p.set_defaults(func=cmd_embed)
 
@@ -186,11 +216,11 @@ def build_parser() -> Parser:
                    "(default studies/)")
     p.add_argument("--report-dir", default=None, help="write each report to DIR/<study>/ "
                    "instead of beside the runs (e.g. docs/studies)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process "
-                   "(default 1)")
-    p.add_argument("--devices", default=None, help="comma list of devices the jobs take in "
-                   "turn, e.g. cuda:0,cuda:1")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--jobs", type=_int_in(1, 64), default=1, help="runs at a time, each its "
+                   "own process, 1-64 (default 1)")
+    p.add_argument("--devices", type=_devices, default=None, help="comma list of devices the "
+                   "jobs take in turn, e.g. cuda:0,cuda:1")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--only", default=None, metavar="CELL/seedK", help=argparse.SUPPRESS)
     _add_threads_option(p)
     p.set_defaults(func=cmd_study)
@@ -222,6 +252,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's failure
+    (a plain RuntimeError): options too large for this machine, which the user can lower."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -241,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"fastclr: training stopped: {one_line(e)}", file=sys.stderr)
         return 3
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked for at once)" if asked else ""
+        print(f"fastclr: error: out of memory{size}; try a smaller --batch-size, --image-size "
+              "or --width", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:  # a full disk, a vanished folder: the environment, not a bug
         where = f"{e.filename}: " if e.filename else ""
         print(f"fastclr: error: {one_line(where)}{e.strerror or e}", file=sys.stderr)

@@ -10,6 +10,11 @@ import json
 import os
 from pathlib import Path
 
+from fastclr.errors import ConfigError
+from fastclr.paths import (PICTURE_FORMATS, check_embedding_out, check_output_file,
+                           check_output_folder, check_weights)
+
+
 def _config_from_args(args):
     """The run's Config: defaults, then --config, then flags."""
     from fastclr.config import load_config, options
@@ -21,6 +26,8 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     cfg = _config_from_args(args)  # a bad option is refused before torch is imported
+    if cfg.run_dir:
+        check_output_folder(cfg.run_dir, "--run-dir")
     from fastclr.distributed import resolve_device
     from fastclr.eval.runner import evaluate_run
     from fastclr.train import train
@@ -57,6 +64,9 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_eval(args) -> int:
+    check_weights(args.target)
+    if args.out:
+        check_output_folder(args.out, "--out")
     from fastclr.distributed import resolve_device
     from fastclr.eval.runner import (default_out_dir, evaluate_weights, parse_protocols,
                                      require_labels)
@@ -69,7 +79,7 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     weights = load_weights(args.target, args.data, args.data_dir, device)
     require_labels(weights.cfg)
-    out_dir = args.out or default_out_dir(weights)
+    out_dir = args.out or check_output_folder(default_out_dir(weights), "--out (default)")
     print(f"evaluating {args.target} on {weights.cfg.data}: {', '.join(protocols)}", flush=True)
     finetune_epochs = None if args.finetune_epochs is None else dict(
         zip((0.01, 0.1), args.finetune_epochs))
@@ -80,6 +90,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    check_weights(args.weights)
+    check_embedding_out(args.out)  # before a feature is computed
     from fastclr.distributed import resolve_device
     from fastclr.eval.embed import embed, embedding_parts, write_embedding
     from fastclr.eval.weights import load_weights
@@ -132,6 +144,7 @@ def cmd_data(args) -> int:
 
 def cmd_preview(args) -> int:
     cfg = _config_from_args(args)
+    check_output_file(args.out, "--out", tuple(PICTURE_FORMATS))
     import torch
 
     from fastclr.augment.pipeline import augment_from_config
@@ -158,8 +171,13 @@ def cmd_study(args) -> int:
         for name in STUDIES:
             print(f"{name:16} {STUDIES.help(name)}")
         print(f"budgets: {', '.join(list_budgets())} (or a YAML file of your own)")
-        return 0 if args.list else 2
+        if not args.list:
+            raise ConfigError("name a study (listed above) or all, as in `fastclr study head`")
+        return 0
     budget = load_budget(args.budget)
+    check_output_folder(args.out, "--out")
+    if args.report_dir:
+        check_output_folder(args.report_dir, "--report-dir")
     names = [n for n in STUDIES if n != "augment-full"] if args.name == "all" else [args.name]
     for name in names:
         plan(STUDIES.get(name), budget, Path(args.out))  # every config checked before a run

@@ -8,6 +8,7 @@ turns text (YAML, flags) into typed values, finds presets and names run folders.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from fastclr.errors import ConfigError
-from fastclr.options import (GROUPS, IDENTITY_GROUPS, Config, _HINTS, _unknown,  # noqa: F401
-                             identity_options, options)
+from fastclr.options import (DATA_PATH_PREFIXES, GROUPS, IDENTITY_GROUPS, Config,  # noqa: F401
+                             _HINTS, _unknown, identity_options, options)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -205,6 +206,23 @@ def config_from_dict(raw: dict) -> Config:
             raise _unknown(key)
         values[key] = coerce(key, value)
     return Config(name=name, **values).validate()
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """`cfg` with its data paths (data_dir, and the PATH of folder:PATH and imagefolder:PATH)
+    absolute, as a run saves it: its config.yaml and checkpoints then mean the same files from
+    any directory (`fastclr eval RUN` elsewhere). A relative path is taken from the current
+    directory, as the run reads it."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    changes = {}
+    if cfg.data_dir is not None:
+        changes["data_dir"] = absolute(cfg.data_dir)
+    kind, _, path = cfg.data.partition(":")
+    if cfg.data.startswith(DATA_PATH_PREFIXES) and path:
+        changes["data"] = f"{kind}:{absolute(path)}"
+    return dataclasses.replace(cfg, **changes)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -23,3 +23,10 @@ class RunFolderError(FastclrError):
 
 class ExportError(FastclrError):
     """An encoder that a format cannot hold, or an export that cannot be written."""
+
+
+def error_text(e: BaseException) -> str:
+    """'ExceptionType: first line of its message': why a file could not be read, in one line
+    (for an error message, a log line or run.json)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from fastclr.errors import ConfigError
 from fastclr.registry import BACKBONES, HEADS, LOSSES, NORMS, OPTIMIZERS
 
 GROUPS = ("data", "augment", "model", "loss", "optim", "train", "eval")
+DATA_PATH_PREFIXES = ("folder:", "imagefolder:")  # --data KIND:PATH (see fastclr.data.catalog)
 # groups whose every option changes what a run learns (its identity); elsewhere, options say so
 IDENTITY_GROUPS = ("augment", "model", "loss", "optim")
 
@@ -44,9 +46,9 @@ class Config:
                           "(needs a network)", "data")
     image_size: int | None = _opt(None, "side of the square training views in pixels; default: "
                                   "the data set's own (28 for Fashion-MNIST)", "data", low=8,
-                                  identity=True)
+                                  high=4096, identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
-                            low=0)
+                            low=0, high=16)
 
     # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "
@@ -101,8 +103,9 @@ class Config:
     head_layers: int = _opt(2, "linear layers in the nonlinear head (SimCLR: 2, SimCLRv2: 3)",
                             "model", low=2, high=8)
     head_hidden: int | None = _opt(None, "hidden width of the head; default: the encoder's "
-                                   "feature size", "model", low=1)
-    proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1)
+                                   "feature size", "model", low=1, high=65536)
+    proj_dim: int = _opt(128, "output size of the head, the space of the loss", "model", low=1,
+                         high=65536)
     encoder_norm: str = _opt("batch", "normalisation layers of the encoder (batch: the paper's; "
                              "layer and group (with weight standardisation) need no batch "
                              "statistics, the notes' alternative to global BN)", "model",
@@ -149,9 +152,9 @@ class Config:
                        identity=True)
     batch_size: int = _opt(256, "global batch of images (each gives 2 views); split over "
                            "processes (paper: 4096; 256-1024 on one GPU)", "train", low=2,
-                           identity=True)
+                           high=65536, identity=True)
     seed: int = _opt(0, "random seed of initialisation, data order and augmentations", "train",
-                     low=0, identity=True)
+                     low=0, high=2**32 - 1, identity=True)
     device: str = _opt("auto", "auto (cuda when present), cpu, cuda or cuda:N", "train")
     precision: str = _opt("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16; "
                           "the loss's logits are always fp32", "train",
@@ -198,7 +201,8 @@ class Config:
     knn_k: int = _opt(200, "neighbours of the weighted kNN classifier", "eval", low=1)
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
                                   low=1e-3)
-    eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1)
+    eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1,
+                                high=65536)
     online_probe: bool = _opt(False, "during pretraining, train a linear classifier on "
                               "stop-gradient h of one view with its own optimiser and log its "
                               "top-1 on the training batches as probe_top1 in metrics.jsonl "
@@ -237,7 +241,8 @@ class Config:
             raise ConfigError(f"crop_ratio values must be > 0, got {self.crop_ratio[0]}")
         if self.blur_sigma[0] <= 0:
             raise ConfigError(f"blur_sigma values must be > 0, got {self.blur_sigma[0]}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda")
+                or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         try:
             check_ops(self.augment_ops)
@@ -256,7 +261,7 @@ class Config:
         for name in self.allowed_changes:
             if name not in _HINTS or name == "name":
                 raise _unknown(name)
-        if not (self.data.startswith(("folder:", "imagefolder:"))
+        if not (self.data.startswith(DATA_PATH_PREFIXES)
                 or self.data.replace("-", "").isalnum()):
             raise ConfigError(f"data must be a data set name, folder:PATH or imagefolder:PATH; "
                               f"got {self.data!r}")

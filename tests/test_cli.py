@@ -1,17 +1,25 @@
 """User mistakes end in one clear line and a non-zero exit, not a traceback."""
 
+import os
+import random
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from fixtures import HANG_SECONDS
+from fixtures import HANG_SECONDS, SAMPLE
 from fastclr.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout under test, for subprocesses
 
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=HANG_SECONDS)
+                          text=True, cwd=cwd, timeout=HANG_SECONDS,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def one_line(text: str) -> str:
@@ -81,3 +89,106 @@ def test_preview_writes_a_png(tmp_path, sample_dir):
     assert main(["preview", "--data-dir", str(sample_dir), "--images", "6", "--out",
                  str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- Ctrl-C: one line and exit 130, wherever it lands (issue 20) ------------------------------
+
+
+def _interrupt(args, moment, cwd=None, env_extra=None):
+    """Start `python -m fastclr ARGS` in its own process group, wait for `moment(proc)` (False:
+    the process ended first), then press Ctrl-C as a terminal does: SIGINT to the whole group,
+    DataLoader workers included. Returns (exit status, stderr lines, whether it landed)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "fastclr", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    landed = moment(proc)
+    if landed:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_SECONDS)
+    return proc.returncode, [l for l in err.splitlines() if l.strip()], landed
+
+
+def _after(seconds):
+    def moment(proc):
+        time.sleep(seconds)
+        return proc.poll() is None
+    return moment
+
+
+def _torch_loading(proc):
+    """Mid `import torch`: its library is mapped, the import has not finished (the first
+    second of a command, where a KeyboardInterrupt used to leave a traceback)."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + HANG_SECONDS
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.002)
+    return False
+
+
+def _logged(path):
+    """Once the run has logged a step to `path` (its metrics.jsonl): DataLoader workers run."""
+    def moment(proc):
+        deadline = time.monotonic() + HANG_SECONDS
+        while proc.poll() is None and time.monotonic() < deadline:
+            if path.is_file() and path.read_text().strip():
+                return True
+            time.sleep(0.02)
+        return False
+    return moment
+
+
+def _interpreter_start(err):
+    """Python's own start-up (site), before any fastclr code runs: outside fastclr's reach."""
+    return any("init_import_site" in l for l in err)
+
+
+TINY = ["--data-dir", str(SAMPLE), "--width", "0.125", "--stem", "small-s2", "--batch-size",
+        "32", "--epochs", "50", "--threads", "1", "--tensorboard", "false", "--no-progress",
+        "--final-eval", "false", "--log-every", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+@pytest.mark.parametrize("command,moment", [
+    ("train", "early"), ("train", "torch"), ("preview", "torch"), ("eval", "torch"),
+    ("embed", "torch"), ("data", "early"), ("presets", "early"), ("study", "early")])
+def test_ctrl_c_at_start_up_is_one_line_and_130(tmp_path, command, moment):
+    args = {"train": ["train", *TINY, "--run-dir", str(tmp_path / "run")],
+            "preview": ["preview", "--data-dir", str(SAMPLE), "--out", str(tmp_path / "p.png")],
+            "eval": ["eval", str(tmp_path / "nothing.pt")],
+            "embed": ["embed", "--weights", str(tmp_path / "nothing.pt")],
+            "data": ["data"], "presets": ["presets"], "study": ["study", "--list"]}[command]
+    rng = random.Random(f"{command}-{moment}")
+    for attempt in range(3 if moment == "early" else 1):
+        when = _after(rng.uniform(0.03, 0.4)) if moment == "early" else _torch_loading
+        rc, err, landed = _interrupt(args, when)
+        if not landed or _interpreter_start(err):
+            continue  # the command finished (or had not started) before the Ctrl-C
+        if rc == -signal.SIGINT and not err:
+            continue  # after the command's end, in Python's teardown (handlers reset): silent
+        assert "Traceback" not in "\n".join(err) and rc == 130, (rc, err)
+        assert err == ["fastclr: interrupted"], err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_on_a_streamed_set_is_reported_once(tmp_path):
+    """DataLoader workers get the terminal's SIGINT too: only the main process speaks."""
+    from PIL import Image
+    for k in range(16):
+        Image.new("RGB", (12, 12), (16 * k, 0, 0)).save(tmp_path / f"{k}.png")
+    rc, err, landed = _interrupt(
+        ["train", "--data", f"folder:{tmp_path}", "--image-size", "8", "--num-workers", "2",
+         "--run-dir", str(tmp_path / "run"), *TINY[2:], "--batch-size", "4"],
+        _logged(tmp_path / "run" / "metrics.jsonl"))
+    assert landed, "test set-up: the run ended before the Ctrl-C"
+    assert rc == 130 and "Traceback" not in "\n".join(err), err
+    assert [l for l in err if "SIGINT received" in l] == [
+        "fastclr: SIGINT received: finishing this step, then saving a checkpoint (Ctrl-C "
+        "again to quit at once)"], err
+    assert err[-1].startswith("fastclr: stopped by SIGINT at step ") and len(err) == 2

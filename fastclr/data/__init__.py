@@ -18,7 +18,8 @@ Nothing is fetched from a network unless the user asks for it with `download=Tru
 
 from fastclr.data.formats import read_idx
 from fastclr.data.load import (IMAGENET_MEAN, IMAGENET_STD, Pretrain, channel_stats,
-                               load_pretrain, load_split, pretrain_batches)
+                               check_evaluation_data, load_pretrain, load_split,
+                               pretrain_batches)
 from fastclr.data.registry import (CACHE_DIR, DATASETS, PATH_KINDS, DatasetSpec, ImageSet,
                                    candidate_roots, describe, find_root, get_spec, is_labeled,
                                    list_datasets, register)
@@ -26,5 +27,6 @@ from fastclr.data import catalog as _catalog  # noqa: E402,F401  registers the b
 
 __all__ = ["CACHE_DIR", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "PATH_KINDS",
            "DatasetSpec", "ImageSet", "Pretrain", "candidate_roots", "channel_stats",
+           "check_evaluation_data",
            "describe", "find_root", "get_spec", "is_labeled", "list_datasets", "load_pretrain",
            "load_split", "pretrain_batches", "read_idx", "register"]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastclr.errors import DataError
-from fastclr.data.images import FolderIndex, decode_square, error_text
+from fastclr.errors import DataError, error_text
+from fastclr.data.images import FolderIndex, decode_square
 
 log = logging.getLogger("fastclr")
 

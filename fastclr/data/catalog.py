@@ -15,7 +15,8 @@ from fastclr.data import formats
 from fastclr.data.registry import PATH_KINDS, DatasetSpec, ImageSet, register
 from fastclr.errors import DataError
 from fastclr.data.formats import read_idx
-from fastclr.data.images import IMAGE_EXTENSIONS, FolderIndex, class_folders, index_folder
+from fastclr.data.images import (IMAGE_EXTENSIONS, FolderIndex, class_folders,
+                                  has_image_file, index_folder)
 
 
 def _torchvision_download(cls_name: str):
@@ -173,21 +174,44 @@ register(DatasetSpec(
 ))
 
 
-def _index_class_folders(root: Path, split: str) -> FolderIndex:
-    """root/<split>/<class>/**: classes are the folders of root/train, shared by every split."""
-    top = root / split
-    classes = class_folders(root / "train" if (root / "train").is_dir() else top)
+def _split_classes(root: Path, split: str) -> list[str]:
+    """The classes of root/<split>/<class>/**: the folders of root/train, shared by every split
+    (a split may lack some of them, never have others)."""
+    top, train = root / split, root / "train"
+    if not top.is_dir():
+        raise DataError(f"{top} is not a folder: images go in {top}/<class>/*")
+    classes = class_folders(train if train.is_dir() else top)
+    if not classes:
+        where = train if train.is_dir() else top
+        raise DataError(f"{where} has no class folders: images go in {where}/<class>/* (a "
+                        "folder of images without classes can be read as --data folder:PATH)")
     extra = sorted(set(class_folders(top)) - set(classes))
     if extra:
-        raise DataError(f"{top} has class folders that {root / 'train'} lacks: "
+        raise DataError(f"{top} has class folders that {train} lacks: "
                         f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    return index_folder(top, classes)
+    return classes
+
+
+def _index_class_folders(root: Path, split: str) -> FolderIndex:
+    """root/<split>/<class>/**, labeled by the class's position among root/train's folders."""
+    return index_folder(root / split, _split_classes(root, split))
+
+
+def _check_class_folders(root: Path, split: str) -> None:
+    """What indexing root/<split> would refuse, found without reading an image."""
+    classes = _split_classes(root, split)
+    top = root / split
+    if not any(has_image_file(top / c) for c in classes):
+        named = ", ".join(classes[:3]) + (" ..." if len(classes) > 3 else "")
+        raise DataError(f"{top} has no image file in a class folder of {root / 'train'} "
+                        f"({named})")
 
 
 register(DatasetSpec(
     name="imagenet",
     read=None,
     index=_index_class_folders,
+    check=_check_class_folders,
     files=lambda split: [split],
     how_to_get=("ImageNet (ILSVRC-2012) is not downloadable without registration at "
                 "https://image-net.org; arrange it in class folders as DIR/train/<wnid>/*.JPEG "
@@ -214,8 +238,10 @@ def _folder_spec(name: str, path: Path) -> DatasetSpec:
 def _imagefolder_spec(name: str, path: Path) -> DatasetSpec:
     return DatasetSpec(
         name=name, read=None, files=lambda split: [split], index=_index_class_folders,
-        how_to_get=(f"Pass --data imagefolder:PATH where PATH holds train/<class>/* and "
-                    f"val/<class>/* images ({_EXTS})."),
+        check=_check_class_folders,
+        how_to_get=(f"imagefolder:PATH wants images ({_EXTS}) in PATH/train/<class>/* and "
+                    f"PATH/val/<class>/*; for a folder of images without classes, use "
+                    f"--data folder:{path}"),
         test="val", splits=("train", "val"), size=96, root=path)
 
 

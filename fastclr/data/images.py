@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from fastclr.errors import error_text
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 # PIL's 16- and 32-bit integer grayscale modes; PIL's own convert() clips these at 255
@@ -113,12 +115,6 @@ def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
     return (out if bool(kept.all()) else out[kept]), kept, failures
 
 
-def error_text(e: BaseException) -> str:
-    """'ExceptionType: first line of its message', for logs and run.json."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def check_header(path: Path) -> str | None:
     """None if PIL can identify the file and parse its header; else why not.
 
@@ -198,12 +194,36 @@ class FolderIndex:
 
 
 def _walk(top: Path):
-    """Non-hidden files under `top`, recursively (symlinked folders are not followed)."""
-    for dirpath, dirnames, filenames in os.walk(top):
+    """Non-hidden files under `top`, recursively, in sorted order.
+
+    Symlinked folders are followed (a class folder of an image folder may be a link, and so may
+    any folder below it), each real folder once: a link to a folder above `top` is not
+    followed (no loop, and no class folder reading its siblings), and two links to one folder
+    do not index its images twice.
+    """
+    def key(path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:  # vanished or unreadable since it was listed
+            return None
+        return st.st_dev, st.st_ino
+
+    seen = {key(p) for p in Path(os.path.realpath(top)).parents}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = key(dirpath)
+        if here is None or here in seen:
+            dirnames[:] = []
+            continue
+        seen.add(here)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
+
+
+def has_image_file(top: Path) -> bool:
+    """Whether any file under `top` has an image extension (stops at the first; reads none)."""
+    return any(path.suffix.lower() in IMAGE_EXTENSIONS for path in _walk(top))
 
 
 def index_folder(root: Path, classes: list[str] | None = None) -> FolderIndex:

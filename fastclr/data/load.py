@@ -80,6 +80,19 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None,
     return result
 
 
+def check_evaluation_data(name: str, data_dir=None, download: bool = False) -> None:
+    """Find the labeled splits an evaluation of `name` reads, without loading them: a run
+    calls this before its first step, so that a missing split, or class folders that disagree,
+    is refused before pretraining rather than after it. Unlabeled sets are not evaluated."""
+    spec = get_spec(name)
+    if not spec.labeled:
+        return
+    for split in dict.fromkeys((spec.train, spec.test)):
+        root = locate(spec, split, data_dir, download)
+        if spec.check is not None:
+            spec.check(root, split)
+
+
 # ---- what pretraining reads ------------------------------------------------------------------
 
 

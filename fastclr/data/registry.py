@@ -49,7 +49,9 @@ class DatasetSpec:
     directory (files or folders) for it to hold a split; `pretrain` names the split(s)
     pretraining uses; `train`/`test` the labeled splits evaluation uses. `root` pins a folder
     set given by path (folder:PATH), which --data-dir does not move; `size` is the side streamed
-    images are cropped to when the config sets no image_size.
+    images are cropped to when the config sets no image_size. `check(root, split)`, if given,
+    looks at a streamed split's layout without reading its images (class folders that agree,
+    some image file), so that a run refuses a split it will need before it trains.
     """
 
     name: str
@@ -66,6 +68,7 @@ class DatasetSpec:
     labeled: bool = True
     size: int | None = None
     root: Path | None = None
+    check: Callable[[Path, str], None] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -146,8 +149,12 @@ def locate(spec: DatasetSpec, split: str, data_dir, download: bool) -> Path:
                             f"{e}). {spec.how_to_get}") from None
         root = find_root(spec, split, target)
     if root is None:
-        if spec.root is not None:
+        if spec.root is not None and not spec.root.is_dir():
             raise DataError(f"{spec.name}: {spec.root} is not a folder. {spec.how_to_get}")
+        if spec.root is not None:
+            missing = [f for f in spec.files(split) if not _exists_maybe_gz(spec.root / f)]
+            raise DataError(f"{spec.name}: {spec.root} has no {', '.join(missing)}/ folder. "
+                            f"{spec.how_to_get}")
         where = f"in {data_dir}" if data_dir else "in the usual places"
         raise DataError(f"{spec.name} ({split} split) not found {where}. {spec.how_to_get}")
     return root

@@ -19,7 +19,8 @@ import torch.nn as nn
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
 from fastclr.errors import DataError
-from fastclr.eval.features import extract_features, frozen
+from fastclr.eval.features import extract_features, frozen, require_channels
+from fastclr.paths import embedding_paths
 
 
 def embedding_parts(data: str, split: str = "all", data_dir=None,
@@ -42,6 +43,8 @@ def embed(encoder: nn.Module, parts: list[tuple[str, ImageSet]], batch_size: int
           ) -> tuple[torch.Tensor, list[dict]]:
     """Features (N, feat_dim) of every image of every part, on the CPU, and one index row
     per image."""
+    for _, images in parts:
+        require_channels(encoder, images.images, images.name)
     features, rows = [], []
     with frozen(encoder):
         for split, images in parts:
@@ -60,8 +63,7 @@ def embed(encoder: nn.Module, parts: list[tuple[str, ImageSet]], batch_size: int
 
 def index_path(npy_path: str | Path) -> Path:
     """OUT.npy -> OUT.index.jsonl, beside it."""
-    npy_path = Path(npy_path)
-    return npy_path.with_name(npy_path.stem + ".index.jsonl")
+    return embedding_paths(npy_path)[1]
 
 
 def write_embedding(path: str | Path, features: torch.Tensor, rows: list[dict]
@@ -69,14 +71,11 @@ def write_embedding(path: str | Path, features: torch.Tensor, rows: list[dict]
     """Atomically write features (N, D) to PATH.npy and the N index rows to PATH.index.jsonl."""
     if len(features) != len(rows):
         raise ValueError(f"{len(features)} feature rows but {len(rows)} index rows")
-    path = Path(path)
-    if path.suffix != ".npy":
-        path = path.with_name(path.name + ".npy")
+    path, index = embedding_paths(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, features.float().numpy())
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    index = index_path(path)
     atomic_write(index, lambda f: f.write(text))
     return path, index

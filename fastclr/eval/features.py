@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from fastclr.data.images import center_view
+from fastclr.errors import DataError
 
 
 def autocast_for(device: torch.device):
@@ -71,6 +72,20 @@ def frozen(module: nn.Module):
 
 
 # ---- features -------------------------------------------------------------------------------
+
+
+def require_channels(encoder: nn.Module, images: torch.Tensor, data: str) -> None:
+    """Refuse images (N, C, H, W) with another channel count than the encoder takes (a
+    grayscale encoder on RGB photos), before any feature is computed."""
+    channels = encoder.spec.in_channels
+    if images.shape[1] != channels:
+        raise DataError(f"{data} has {images.shape[1]}-channel images; the encoder takes "
+                        f"{channels} (it was trained on {_kind(channels)} images)")
+
+
+def _kind(channels: int) -> str:
+    return {1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel")
+
 
 
 @torch.no_grad()

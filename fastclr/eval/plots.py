@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from fastclr.checkpoint import atomic_write
+from fastclr.paths import PICTURE_FORMATS
 
 _CLASS_COLOURS = "tab10"  # 10 well-separated colours; tab20 beyond that
 
@@ -217,7 +218,8 @@ def plot_neighbour_grid(queries: torch.Tensor, neighbours: torch.Tensor,
 
 def save_augmentation_grid(images_uint8: Tensor, view1: Tensor, view2: Tensor,
                            path: str | os.PathLike, nrow: int = 4) -> Path:
-    """Write a PNG showing each original image next to its two augmented views.
+    """Write a picture showing each original image next to its two augmented views, in the
+    format its suffix names (.png, .jpg, .jpeg, .webp, .bmp).
 
     images_uint8 (N, C, H, W) uint8; view1, view2 (N, C, S, S) float in [0, 1] (the
     pipeline's output, before any normalisation); C is 1 or 3. Each tile is
@@ -225,6 +227,9 @@ def save_augmentation_grid(images_uint8: Tensor, view1: Tensor, view2: Tensor,
     display only; small images are enlarged by a whole factor (nearest) to at least 96 px so
     a person can see them. The file is written atomically (temp file, then rename).
     """
+    path = Path(path)
+    if path.suffix.lower() not in PICTURE_FORMATS:
+        raise ValueError(f"{path}: a picture name ends in {', '.join(PICTURE_FORMATS)}")
     if not (images_uint8.shape[0] == view1.shape[0] == view2.shape[0]):
         raise ValueError("images and views must have the same batch size")
     n, S = view1.shape[0], view1.shape[-1]
@@ -240,7 +245,7 @@ def save_augmentation_grid(images_uint8: Tensor, view1: Tensor, view2: Tensor,
     zoom = max(1, -(-96 // S))
     grid = grid.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1)
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return _write_png_atomically(pixels, Path(path))
+    return _write_picture_atomically(pixels, path)
 
 
 def _tile(tiles: Tensor, nrow: int, pad: int) -> Tensor:
@@ -256,9 +261,12 @@ def _tile(tiles: Tensor, nrow: int, pad: int) -> Tensor:
     return grid
 
 
-def _write_png_atomically(pixels, path: Path) -> Path:
+def _write_picture_atomically(pixels, path: Path) -> Path:
     from PIL import Image
 
+    kind = PICTURE_FORMATS[path.suffix.lower()]
+    options = {"quality": 95} if kind in ("JPEG", "WEBP") else {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: Image.fromarray(pixels, mode="RGB").save(f, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(pixels, mode="RGB").save(f, format=kind,
+                                                                          **options))
     return path

@@ -44,9 +44,10 @@ def format_report(report: dict) -> str:
     for pct in (1, 10):
         key = f"finetune_{pct}pct"
         if f"{key}_top1" in report:
+            top5 = f", top-5 {_pct(report, key + '_top5')}" if f"{key}_top5" in report else ""
             lines.append(f"fine-tuned on {pct}% of the labels ({report[f'{key}_images']} "
                          f"images, {report[f'{key}_epochs']} epochs): top-1 "
-                         f"{_pct(report, key + '_top1')}, top-5 {_pct(report, key + '_top5')}")
+                         f"{_pct(report, key + '_top1')}{top5}")
     if "alignment_h" in report:
         spaces = [s for s in ("h", "z") if f"alignment_{s}" in report]
         lines.append(f"diagnostics on {report['diagnostics_images']} augmented test pairs"

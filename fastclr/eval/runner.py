@@ -16,6 +16,7 @@ import torch
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
 from fastclr.errors import ConfigError, DataError
+from fastclr.eval.features import require_channels
 from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, Session
 from fastclr.eval.report import previous_report
 from fastclr.eval.weights import Weights, load_weights
@@ -61,6 +62,12 @@ def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
+def _class_count(train: ImageSet, test: ImageSet) -> int:
+    if train.classes:
+        return len(train.classes)
+    return int(max(train.labels.max(), test.labels.max())) + 1
+
+
 def default_out_dir(weights: Weights) -> Path:
     """A run folder reports into itself; a weights file into eval-<name>/ beside it; a
     shipped encoder (inside the package) into eval-<name>/ in the current folder."""
@@ -91,12 +98,9 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
         from fastclr.eval.plots import require_map
         require_map(map_method)  # before the data is read
     train, test = _labeled_splits(cfg)
+    require_channels(weights.encoder, train.images, cfg.data)
     out_dir = Path(out_dir) if out_dir else default_out_dir(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    channels = weights.encoder.mean.shape[1]
-    if train.images.shape[1] != channels:
-        raise DataError(f"{cfg.data} has {train.images.shape[1]}-channel images; the encoder "
-                        f"takes {channels}")
     report = previous_report(out_dir, weights.step)
     report.update({"data": cfg.data, "arch": weights.encoder.spec.arch,
                    "width": weights.encoder.spec.width, "encoder_step": weights.step,
@@ -116,6 +120,9 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
         if progress is not None:
             progress(f"  {name}: {seconds[name]:.1f} s")
     report["eval_seconds"] = round(time.perf_counter() - start, 2)
+    if _class_count(train, test) <= 5:  # top-5 among 5 classes or fewer is 100% by definition
+        for key in [k for k in report if k.endswith("_top5")]:
+            del report[key]
     train_time = (weights.run_dir / "train_time.json") if weights.run_dir else None
     if train_time is not None and train_time.is_file():
         try:

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from fastclr.checkpoint import encoder_metadata, latest_checkpoint, load_checkpoint, load_encoder
 from fastclr.config import Config, config_from_dict, read_yaml
-from fastclr.errors import CheckpointError, ConfigError
+from fastclr.data import get_spec
+from fastclr.errors import CheckpointError, ConfigError, DataError, error_text
 from fastclr.models import build_model
 from fastclr.spec import ModelSpec
 from fastclr.zoo import resolve as resolve_pretrained
@@ -52,8 +53,9 @@ def _from_checkpoint(path: Path, device) -> tuple[nn.Module, nn.Module, Config, 
         cfg = config_from_dict(state["config"])
         model = build_model(ModelSpec.from_dict(state["spec"]))
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, ConfigError) as e:
-        raise CheckpointError(f"{path} does not hold a fastclr SimCLR model ({e})") from None
+    except Exception as e:  # a key missing, a spec its tensors do not fit, a foreign config
+        raise CheckpointError(f"{path} does not hold a fastclr SimCLR model "
+                              f"({error_text(e)})") from None
     model = model.to(device).eval()
     return model.encoder, model.head, cfg, int(state.get("step", -1))
 
@@ -77,7 +79,7 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
         encoder = load_encoder(path, device)
         meta = encoder_metadata(path)
         if "config" in meta:  # the training config: data set, image size, kNN settings ...
-            cfg = config_from_dict(meta["config"])
+            cfg = _saved_config(meta["config"], path)
         elif data is None and "data" not in meta:
             raise ConfigError(f"{path} does not say which data set it was trained on; "
                               "give --data NAME")
@@ -93,10 +95,36 @@ def load_weights(path: str | Path, data: str | None = None, data_dir: str | None
     else:
         raise CheckpointError(f"{path}: expected a run folder, an encoder .safetensors or a "
                               "checkpoint .pt")
+    trained = _trained_size(weights)
     changes = {k: v for k, v in (("data", data), ("data_dir", data_dir)) if v is not None}
     if changes:
         weights.cfg = dataclasses.replace(weights.cfg, **changes).validate()
+    if weights.cfg.image_size is None and trained and get_spec(weights.cfg.data).streamed:
+        # a folder has no size of its own: decode it at the size the encoder learned from
+        weights.cfg = dataclasses.replace(weights.cfg, image_size=trained)
     return weights
+
+
+def _trained_size(weights: Weights) -> int | None:
+    """The side of the views the encoder was trained on, where known: recorded in the export
+    (its metadata's image_size), else what a folder set is streamed at (the config's
+    image_size, or the set's default)."""
+    export = weights.path / "encoder.safetensors" if weights.kind == "run" else weights.path
+    if export.suffix == ".safetensors" and export.is_file():
+        size = encoder_metadata(export).get("image_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    try:
+        spec = get_spec(weights.cfg.data)
+    except DataError:  # a set this fastclr does not know (evaluated with --data NAME)
+        return weights.cfg.image_size
+    return (weights.cfg.image_size or spec.size) if spec.streamed else weights.cfg.image_size
+
+
+def _saved_config(raw, where: Path) -> Config:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} holds a damaged training config (not a mapping)")
+    return config_from_dict(raw)
 
 
 def _load_run(run_dir: Path, device) -> Weights:

@@ -21,8 +21,8 @@ from fastclr.augment import engine as augment_engine
 from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
                                 load_checkpoint, prune_checkpoints, remove_stale_temp,
                                 save_checkpoint)
-from fastclr.config import Config
-from fastclr.data import get_spec, load_pretrain
+from fastclr.config import Config, with_absolute_paths
+from fastclr.data import check_evaluation_data, get_spec, load_pretrain
 from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import CheckpointError
 from fastclr.eval.monitor import Monitor, OnlineProbe
@@ -81,39 +81,41 @@ class Trainer:
     """One session of one run: resume (or start), train to the last step, export."""
 
     def __init__(self, cfg: Config, ctx: distributed.Context, progress: bool = True):
-        self.cfg, self.ctx, self.progress = cfg, ctx, progress
+        # saved in config.yaml, checkpoints and the export: data paths from any directory
+        self.cfg, self.ctx, self.progress = with_absolute_paths(cfg), ctx, progress
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         self.step, self.best_knn, self.seconds_before = 0, -1.0, 0.0
         self.monitor = self.labels = self.metrics = self.bar = None
 
     def fit(self) -> Path:
         cfg, ctx = self.cfg, self.ctx
-        with self._lock(), StopSignals() as signals:
-            self._prepare()
+        with self._lock():
+            self._prepare()  # a signal here stops at once: there is nothing to save yet
             run, spe = self.run, self.run.batches.steps_per_epoch
             stats, started_at = RunningStats(ctx.device), self.step
             self.loop_start = self.tick = time.perf_counter()
             self.tick_step = self.step
             run.forward.train()
             try:
-                while self.step < self.last_step:
-                    epoch = self.step // spe
-                    for images, labels in self._batches(epoch):
-                        loss, bad = run.train_step(images, self.step, labels)
-                        stats.add(loss, bad)
-                        self.step += 1
-                        done = self.step >= self.last_step
-                        # one process acts on a signal at once; several agree at the next log
-                        alone = signals.received is not None and ctx.world_size == 1
-                        if (self.step % cfg.log_every == 0 or done or self.step % spe == 0
-                                or alone):
-                            self._log_line(stats, signals, done)
-                        if self.step % cfg.checkpoint_every == 0 and not done:
-                            self._save()
-                        if done:
-                            break
-                    if self.step % spe == 0 and self._monitor_due():
-                        self._watch()
+                with StopSignals() as signals:
+                    while self.step < self.last_step:
+                        epoch = self.step // spe
+                        for images, labels in self._batches(epoch):
+                            loss, bad = run.train_step(images, self.step, labels)
+                            stats.add(loss, bad)
+                            self.step += 1
+                            done = self.step >= self.last_step
+                            # one process acts on a signal at once; several agree at the next log
+                            alone = signals.received is not None and ctx.world_size == 1
+                            if (self.step % cfg.log_every == 0 or done or self.step % spe == 0
+                                    or alone):
+                                self._log_line(stats, signals, done)
+                            if self.step % cfg.checkpoint_every == 0 and not done:
+                                self._save()
+                            if done:
+                                break
+                        if self.step % spe == 0 and self._monitor_due():
+                            self._watch()
             except BaseException as e:
                 self._end(self._outcome(e))
                 raise
@@ -144,6 +146,8 @@ class Trainer:
         distributed.barrier()  # rank 0 made the folder
         setup_logging(self.run_dir, ctx.is_main)
         pretrain = load_pretrain(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
+        if cfg.final_eval:  # what the evaluation after pretraining reads is there now
+            check_evaluation_data(cfg.data, cfg.data_dir, cfg.download)
         self.run = build_run(cfg, ctx, pretrain)
         self.image_size = pretrain.shape[-1]  # of the views, recorded in the export
         if state is not None:
@@ -198,8 +202,7 @@ class Trainer:
             self.monitor = Monitor(cfg, ctx.device)
         has_labels = pretrain.labels is not None and not pretrain.streamed
         if cfg.online_probe and ctx.is_main and not has_labels:
-            log.warning("online_probe: %s has no labels for its pretraining images; no probe",
-                        cfg.data)
+            log.warning("online_probe: %s; no probe", _why_no_probe(cfg.data, labeled, pretrain))
         if cfg.online_probe and ctx.is_main and has_labels:
             classes = int(pretrain.labels.max()) + 1
             self.run.probe = OnlineProbe(self.run.model.encoder.feat_dim, classes).to(ctx.device)
@@ -338,6 +341,15 @@ class Trainer:
         log.info("epochs %d -> %d: the cosine schedule now spans %d steps; at step %d the lr "
                  "goes from %.3g to %.3g and decays to 0 again by the new end", old.epochs,
                  self.cfg.epochs, run.total_steps, self.step, before, after)
+
+
+def _why_no_probe(data: str, labeled: bool, pretrain) -> str:
+    if not labeled:
+        return f"{data} has no labels"
+    if pretrain.streamed:  # the probe's label batches are cut from labels held in memory
+        return (f"{data} is streamed from files, and the probe reads labels of sets held in "
+                "memory (the kNN monitor, --knn-every N, does use this set's labels)")
+    return f"{data} pretrains on images without labels (its unlabeled split)"
 
 
 def _set_backends(cfg: Config) -> None:

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from fastclr.checkpoint import atomic_write, latest_checkpoint
-from fastclr.config import Config, config_from_dict, identity_options, read_yaml, save_config
+from fastclr.config import (Config, config_from_dict, identity_options, read_yaml, save_config,
+                            with_absolute_paths)
 from fastclr.errors import CheckpointError, ConfigError, RunFolderError
 from fastclr.spec import EncoderSpec, HeadSpec, option_names
 
@@ -84,11 +85,11 @@ class RunLock:
 def saved_config(run_dir: Path, checkpoint: Path | None, state: dict | None) -> Config | None:
     """The config the run folder's weights were made with: config.yaml, else the checkpoint's."""
     path = Path(run_dir) / "config.yaml"
-    try:
+    try:  # a folder of an older fastclr may hold relative data paths: as the run reads them
         if path.is_file():
-            return config_from_dict(read_yaml(path))
+            return with_absolute_paths(config_from_dict(read_yaml(path)))
         if state is not None:
-            return config_from_dict(state["config"])
+            return with_absolute_paths(config_from_dict(state["config"]))
     except ConfigError as e:
         where = path if path.is_file() else checkpoint
         raise CheckpointError(f"{where} holds a config this fastclr cannot read ({e})") from None
