@@ -20,8 +20,10 @@ PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEB
 
 
 def check_weights(path: str | os.PathLike) -> Path:
-    """A run folder, an encoder .safetensors or a checkpoint .pt that exists (its contents are
-    checked when it is loaded)."""
+    """A run folder, an encoder .safetensors, a checkpoint .pt that exists, or pretrained:NAME
+    (a shipped encoder, checked when it is loaded, as every file's contents are)."""
+    if str(path).startswith("pretrained:"):
+        return Path(path)
     path = Path(path)
     if path.is_dir():
         return path
