@@ -128,6 +128,14 @@ class Config:
                          low=0.0, high=2.0)
     semi_hard: bool = _opt(False, "semi-hard negative mining for nt-logistic and "
                            "margin-triplet (Table 4; Schroff et al. 2015)", "loss")
+    loss_reduction: str = _opt("mean", "mean: the loss averaged over all 2N anchors (the "
+                               "paper's Algorithm 1); sum-directions: the official code's "
+                               "(objective.py add_contrastive_loss), the mean over each "
+                               "view's anchors summed over the two views, twice the mean: "
+                               "under LARS, biases and BN parameters then take twice the "
+                               "step and weight decay counts half as much against the "
+                               "gradient (docs/fidelity.md)", "loss",
+                               choices=("mean", "sum-directions"))
 
     # ---- optimisation ----------------------------------------------------------------------
     optimizer: str = _opt("lars", "optimiser (lars: the paper's)", "optim", choices=OPTIMIZERS)

@@ -145,7 +145,7 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
     precision = cfg.precision if cfg.precision != "auto" else (
         "bf16" if ctx.device.type == "cuda" else "fp32")
     loss = None if cfg.objective == "supervised" else build_loss(
-        cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard)
+        cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard, cfg.loss_reduction)
     return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg, pretrain.shape[0]), batches, total,
                warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
                torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
