@@ -109,6 +109,11 @@ class Config:
                              choices=NORMS)
     head_norm: str = _opt("batch", "normalisation layers of the nonlinear head", "model",
                           choices=NORMS)
+    head_out_norm: str = _opt("none", "the head's output layer: none (a Linear with a bias: "
+                              "the paper's g = W2 relu(W1 h), section 2.1) or batch (the "
+                              "official code's, model_util.py linear_layer: a Linear without "
+                              "bias, then batch norm with a scale and no shift on z); also "
+                              "for --head linear", "model", choices=("none", "batch"))
 
     # ---- loss (section 2.1, section 5.1, Tables 2, 4 and 5) ---------------------------------
     objective: str = _opt("simclr", "simclr (the contrastive loss on z) or supervised "
@@ -254,6 +259,9 @@ class Config:
         if self.semi_hard and self.loss == "nt-xent":
             raise ConfigError("semi_hard mines negatives for nt-logistic and margin-triplet "
                               "(Table 4); nt-xent weighs every negative by itself")
+        if self.head_out_norm != "none" and self.head == "none":
+            raise ConfigError("head_out_norm is the last layer of the nonlinear or linear "
+                              "head; with head none there is none")
         if self.bn_groups > 1:
             if "batch" not in (self.encoder_norm, self.head_norm):
                 raise ConfigError("bn_groups splits batch norm statistics, but neither "

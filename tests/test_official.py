@@ -94,3 +94,84 @@ def test_under_lars_the_scale_moves_only_the_unadapted_parameters():
     (_, w_once), (_, w_twice) = one_step(1.0, 0.5)[0], one_step(2.0, 0.5)[0]
     assert not torch.allclose(w_once, w_twice, rtol=1e-3)
     assert np.isclose(float(w_once.norm()), float(w_twice.norm()), rtol=1e-5)
+
+
+# ---- the projection head's output layer --------------------------------------------------------
+
+def test_official_head_has_the_official_layers():
+    from fastclr.models import ProjectionHead
+    from fastclr.spec import HeadSpec
+    head = ProjectionHead(HeadSpec("nonlinear", out_dim=16, out_norm="batch"), 32)
+    # model_util.py projection_head: nl_0 = dense (no bias) + BN (scale, shift) + relu,
+    # nl_1 = dense (no bias) + BN (scale, no shift)
+    assert [type(m).__name__ for m in head.net] == ["Linear", "BatchNorm1d", "ReLU", "Linear",
+                                                   "BatchNorm1d", "Scale"]
+    shapes = sorted(tuple(p.shape) for p in head.parameters())
+    assert shapes == sorted([(32, 32), (32,), (32,), (16, 32), (16,)])
+    assert head.net[3].bias is None and not head.net[4].affine
+    linear = ProjectionHead(HeadSpec("linear", out_dim=16, out_norm="batch"), 32)
+    assert [type(m).__name__ for m in linear.net] == ["Linear", "BatchNorm1d", "Scale"]
+    # the default keeps the plain Linear, and its parameter names
+    plain = ProjectionHead(HeadSpec("linear", out_dim=16), 32)
+    assert isinstance(plain.net, nn.Linear) and set(plain.state_dict()) == {"net.weight",
+                                                                            "net.bias"}
+
+
+def test_official_head_output_is_batch_normalised_and_scaled():
+    from fastclr.models import ProjectionHead
+    from fastclr.spec import HeadSpec
+    head = ProjectionHead(HeadSpec("nonlinear", out_dim=8, out_norm="batch"), 12)
+    with torch.no_grad():
+        head.net[5].weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(0))
+    z = head(x)
+    pre = head.net[:4](x)                                            # (16, 8) before the BN
+    expected = (pre - pre.mean(0)) / torch.sqrt(pre.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(z, expected * torch.linspace(0.5, 2.0, 8), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_official_head_matches_keras_layers(tf):
+    # the official tf2/model.py LinearLayer is Dense(use_bias=False) + BatchNormalization
+    # (center=False on the last layer); the same weights give the same z in training mode
+    from fastclr.models import ProjectionHead
+    from fastclr.spec import HeadSpec
+    head = ProjectionHead(HeadSpec("nonlinear", out_dim=8, out_norm="batch"), 12)
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(2))
+    k = tf.keras.layers
+    net = tf.keras.Sequential([
+        k.Dense(12, use_bias=False), k.BatchNormalization(epsilon=1e-5), k.ReLU(),
+        k.Dense(8, use_bias=False), k.BatchNormalization(epsilon=1e-5, center=False)])
+    net.build((None, 12))
+    lin0, bn0, _, lin1, _, scale = head.net
+    net.layers[0].set_weights([lin0.weight.detach().numpy().T])
+    net.layers[1].set_weights([bn0.weight.detach().numpy(), bn0.bias.detach().numpy(),
+                               np.zeros(12), np.ones(12)])
+    net.layers[3].set_weights([lin1.weight.detach().numpy().T])
+    net.layers[4].set_weights([scale.weight.detach().numpy(), np.zeros(8), np.ones(8)])
+    theirs = net(tf.constant(x.numpy()), training=True).numpy()
+    np.testing.assert_allclose(head(x).detach().numpy(), theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_specs_saved_before_out_norm_load_with_the_old_head():
+    from fastclr.spec import ModelSpec
+    old = {"encoder": {"arch": "resnet18", "width": 0.125, "stem": "small", "in_channels": 1,
+                       "mean": [0.0], "std": [1.0], "norm": "batch"},
+           "head": {"kind": "nonlinear", "layers": 2, "hidden": None, "out_dim": 128,
+                    "norm": "batch"}}
+    spec = ModelSpec.from_dict(old)
+    assert spec.head.out_norm == "none"
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_official_head_trains_exports_and_reloads(tmp_path):
+    from fixtures import tiny_config
+
+    from fastclr.eval.weights import load_weights
+    from fastclr.train import train
+    cfg = tiny_config(tmp_path / "run", head_out_norm="batch", max_steps=2, bn_groups=2)
+    train(cfg)
+    weights = load_weights(tmp_path / "run", device="cpu")
+    assert weights.head is not None and weights.head.spec.out_norm == "batch"
+    assert type(weights.head.net[-1]).__name__ == "Scale"
