@@ -59,6 +59,22 @@ class Config:
                                  "and saturation 0.8s, hue 0.2s (paper: 1.0 on ImageNet, 0.5 on "
                                  "CIFAR); 0-2", "augment", low=0.0, high=2.0)
     color_p: float = _opt(0.8, "probability of colour jitter", "augment", prob=True)
+    color_impl: str = _opt("torchvision", "colour jitter's formulas: torchvision (brightness "
+                           "and contrast as factors, contrast around the mean luma, saturation "
+                           "a blend with the luma image); official-v2 (the official code's, "
+                           "data_util.py color_jitter: tf.image's contrast around each "
+                           "channel's mean and saturation scaled in HSV); official-v1 (its "
+                           "first release: brightness a shift of up to +-0.8 s, a much harsher "
+                           "distortion). official-* need colour strength <= 1.25 and run as "
+                           "tensor ops. One-channel data has brightness and contrast only: "
+                           "official-v2 equals torchvision there, official-v1 differs in "
+                           "brightness (docs/fidelity.md)", "augment",
+                           choices=("torchvision", "official-v2", "official-v1"))
+    color_order: str = _opt("fixed", "order of the four jitter ops: fixed (brightness, "
+                            "contrast, saturation, hue; fastclr's, in the C kernel) or random "
+                            "per view (the official code's default, color_jitter_rand, and "
+                            "torchvision's ColorJitter; tensor ops, about four times the "
+                            "colour work)", "augment", choices=("fixed", "random"))
     gray_p: float = _opt(0.2, "probability of random grayscale (RGB data only)", "augment",
                          prob=True)
     blur_p: float = _opt(0.0, "probability of gaussian blur, kernel ~10% of the side (paper: 0.5 "
@@ -259,6 +275,10 @@ class Config:
         if self.semi_hard and self.loss == "nt-xent":
             raise ConfigError("semi_hard mines negatives for nt-logistic and margin-triplet "
                               "(Table 4); nt-xent weighs every negative by itself")
+        if self.color_impl != "torchvision" and self.color_strength > 1.25:
+            raise ConfigError(f"color_impl {self.color_impl} draws contrast and saturation "
+                              "factors in [1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below "
+                              f"0: color_strength must be <= 1.25, got {self.color_strength}")
         if self.head_out_norm != "none" and self.head == "none":
             raise ConfigError("head_out_norm is the last layer of the nonlinear or linear "
                               "head; with head none there is none")

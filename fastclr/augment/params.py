@@ -20,6 +20,12 @@ from fastclr.augment.ops import OPS, check_ops
 # torchvision's RandomResizedCrop tries this many random boxes before a centre crop.
 CROP_TRIES = 10
 
+# colour jitter: torchvision's formulas, or the official code's (tf.image's) with its first
+# release's additive brightness (v1) or its later multiplicative one (v2); in a fixed order
+# or a random one per view
+COLOR_IMPLS = ("torchvision", "official-v2", "official-v1")
+COLOR_ORDERS = ("fixed", "random")
+
 
 @dataclass
 class AugmentParams:
@@ -51,6 +57,13 @@ class AugmentParams:
     cutout: Tensor | None = None   # (N, 4) int64 zeroed box top, left, bottom, right (ends
     #                                excluded) in output pixels, clipped; empty: not applied
     rotate: Tensor | None = None   # (N,) int64 quarter turns as torch.rot90 (counter-clockwise)
+    # colour jitter as the official code does it (docs/fidelity.md); None/False: fastclr's
+    brightness_shift: Tensor | None = None  # (N,) float additive brightness (official-v1),
+    #                                         in place of `brightness`; 0 where not applied
+    color_order: Tensor | None = None  # (N, 4) int64: the op (0 brightness, 1 contrast,
+    #                                    2 saturation, 3 hue) of each slot; None: that order
+    tf_formulas: bool = False      # contrast and saturation as tf.image's (each channel's mean;
+    #                                HSV saturation), each jitter op clipped to [0, 1]
 
     def __len__(self) -> int:
         return self.top.shape[0]
@@ -78,7 +91,8 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
                   solarize_p: float = 0.0, sobel_p: float = 0.0, noise_p: float = 0.0,
                   noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
                   cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
-                  ops: Iterable[str] | None = None) -> AugmentParams:
+                  ops: Iterable[str] | None = None, color_impl: str = "torchvision",
+                  color_order: str = "fixed") -> AugmentParams:
     """Draw the random parameters of `n` views of (channels, height, width) images.
 
     All randomness comes from `generator` (its device is the device of the returned tensors),
@@ -92,6 +106,12 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
 
     `ops`: the names (fastclr.augment.ops.OPS) of the ops that may happen; an op not listed is
     off whatever its probability, and without "crop" every view is the whole image. None: all.
+
+    `color_impl` "official-v1" draws an additive brightness shift uniform in [-0.8 s, 0.8 s]
+    in the place of the factor (tf.image.random_brightness, the official code's first
+    release); "official-v1"/"-v2" also mark contrast and saturation for tf.image's formulas.
+    `color_order` "random" draws a random order of the four jitter ops per view, after every
+    other draw. Neither changes any other draw.
     """
     if channels not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {channels}")
@@ -116,12 +136,19 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
         w = torch.full((n,), width, dtype=torch.int64, device=dev)
     flip = bernoulli(flip_p) if "flip" in on else torch.zeros(n, dtype=torch.bool, device=dev)
 
-    jitter = brightness = contrast = saturation = hue = gray = None
+    if color_impl not in COLOR_IMPLS or color_order not in COLOR_ORDERS:
+        raise ValueError(f"color_impl must be one of {', '.join(COLOR_IMPLS)} and color_order "
+                         f"one of {', '.join(COLOR_ORDERS)}; got {color_impl!r}, "
+                         f"{color_order!r}")
+    jitter = brightness = shift = contrast = saturation = hue = gray = None
     x, hue_x = 0.8 * color_strength, 0.2 * color_strength
     if "jitter" in on and color_p > 0 and color_strength > 0:
         jitter = bernoulli(color_p)
         # samples without jitter get neutral factors, so `apply` needs no mask for them
-        brightness = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
+        if color_impl == "official-v1":     # the same draw, as a shift in [-x, x)
+            shift = torch.where(jitter, uniform(-x, x), 0.0)
+        else:
+            brightness = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
         contrast = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
         if channels == 3:
             saturation = torch.where(jitter, uniform(max(0.0, 1 - x), 1 + x), 1.0)
@@ -154,31 +181,40 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
         applied = bernoulli(rotate_p)
         k = torch.randint(1, 4, (n,), generator=generator, device=dev)
         rotate = torch.where(applied, k, 0)
+    # the official code's random jitter order (data_util.py color_jitter_rand), last of all
+    order = None
+    if color_order == "random" and jitter is not None:
+        order = torch.rand(n, 4, generator=generator, device=dev).argsort(dim=1)
     return AugmentParams(size=size, top=top, left=left, height=h, width=w, flip=flip,
                          jitter=jitter, brightness=brightness, contrast=contrast,
                          saturation=saturation, hue=hue, gray=gray, blur_sigma=blur,
                          blur_kernel=blur_kernel_size(size), solarize=solarize, sobel=sobel,
-                         noise_std=std, noise=noise, cutout=cutout, rotate=rotate)
+                         noise_std=std, noise=noise, cutout=cutout, rotate=rotate,
+                         brightness_shift=shift, color_order=order,
+                         tf_formulas=color_impl != "torchvision")
 
 
 # What a view that does not take an op gets in a field of that op (see `cat_params`).
 NEUTRAL = {"jitter": False, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0,
            "gray": False, "blur_sigma": 0.0, "solarize": False, "sobel": False,
-           "noise_std": 0.0, "noise": 0.0, "cutout": 0, "rotate": 0}
+           "noise_std": 0.0, "noise": 0.0, "cutout": 0, "rotate": 0, "brightness_shift": 0.0,
+           "color_order": 0}
 
 
 def cat_params(parts: list[AugmentParams]) -> AugmentParams:
     """The views of `parts` one after the other (same output size). A field that is None in
     some parts but not in others is filled with neutral values there (NEUTRAL: factor 1,
     shift 0, mask False, empty cutout box), which leave those views as they are."""
-    size, kernel = parts[0].size, parts[0].blur_kernel
+    size, kernel, tf_formulas = parts[0].size, parts[0].blur_kernel, parts[0].tf_formulas
     if any(p.size != size for p in parts):
         raise ValueError("parameters of different output sizes cannot be joined")
+    if any(p.tf_formulas != tf_formulas for p in parts):
+        raise ValueError("parameters of different colour formulas cannot be joined")
     joined = {}
     for f in fields(AugmentParams):
         values = [getattr(p, f.name) for p in parts]
         if not isinstance(values[0], Tensor) and f.name not in NEUTRAL:
-            continue                                   # size, blur_kernel
+            continue                                   # size, blur_kernel, tf_formulas
         like = next((v for v in values if v is not None), None)
         if like is None:
             joined[f.name] = None
@@ -188,7 +224,7 @@ def cat_params(parts: list[AugmentParams]) -> AugmentParams:
             torch.full((len(p), *like.shape[1:]), NEUTRAL[f.name], dtype=like.dtype,
                        device=like.device)
             for p, v in zip(parts, values)])
-    return AugmentParams(size=size, blur_kernel=kernel, **joined)
+    return AugmentParams(size=size, blur_kernel=kernel, tf_formulas=tf_formulas, **joined)
 
 
 def crop_within(outer: AugmentParams, inner: AugmentParams) -> AugmentParams:

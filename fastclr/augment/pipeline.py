@@ -7,7 +7,8 @@ from torch import Tensor
 
 from fastclr.augment.engine import apply
 from fastclr.augment.ops import check_ops
-from fastclr.augment.params import AugmentParams, cat_params, crop_within, sample_params
+from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, AugmentParams, cat_params,
+                                    crop_within, sample_params)
 from fastclr.augment.workspace import Workspace
 
 
@@ -33,6 +34,12 @@ class SimCLRAugment:
     identity"): the two views of an image share one random crop; the first view is that crop
     alone, the second gets the listed ops on top of it, "crop" being a second random crop of
     the first (see params.crop_within). One-branch views come in pairs (`two_views`).
+
+    `color_impl` and `color_order`: the colour jitter's formulas and order (docs/fidelity.md):
+    torchvision's in a fixed order (the default, the C kernel's), or the official code's
+    ("official-v2": tf.image's contrast and saturation; "official-v1" also an additive
+    brightness), and/or a random order per view ("random", as the official code's default
+    and torchvision's ColorJitter); those run as tensor ops (`colour.jitter`).
     """
 
     def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
@@ -43,6 +50,7 @@ class SimCLRAugment:
                  noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
                  cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
                  ops: tuple[str, ...] | None = None, one_branch: bool = False,
+                 color_impl: str = "torchvision", color_order: str = "fixed",
                  native: bool | None = None):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
@@ -63,6 +71,16 @@ class SimCLRAugment:
         if not 0 <= color_strength <= 2.5:
             raise ValueError("color_strength must lie in [0, 2.5] (a hue shift of at most "
                              f"half a turn), got {color_strength}")
+        if color_impl not in COLOR_IMPLS:
+            raise ValueError(f"color_impl must be one of {', '.join(COLOR_IMPLS)}, got "
+                             f"{color_impl!r}")
+        if color_order not in COLOR_ORDERS:
+            raise ValueError(f"color_order must be one of {', '.join(COLOR_ORDERS)}, got "
+                             f"{color_order!r}")
+        if color_impl != "torchvision" and color_strength > 1.25:
+            raise ValueError("the official jitter's contrast and saturation factors lie in "
+                             "[1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below 0: "
+                             f"color_strength must be <= 1.25 with it, got {color_strength}")
         if size is not None and size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         self.options = dict(size=size, crop_scale=tuple(crop_scale),
@@ -71,7 +89,8 @@ class SimCLRAugment:
                             blur_p=blur_p, blur_sigma=tuple(blur_sigma), solarize_p=solarize_p,
                             sobel_p=sobel_p, noise_p=noise_p, noise_std=tuple(noise_std),
                             cutout_p=cutout_p, cutout_scale=tuple(cutout_scale),
-                            rotate_p=rotate_p, ops=check_ops(ops))
+                            rotate_p=rotate_p, ops=check_ops(ops), color_impl=color_impl,
+                            color_order=color_order)
         self.one_branch = bool(one_branch)
         self.native = native            # see `apply`
         self.workspace = Workspace()
