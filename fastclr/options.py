@@ -54,6 +54,19 @@ class Config:
                                            "images: 0.2,1)", "augment", unit=True)
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "random resized crop: aspect ratio "
                                            "range", "augment")
+    crop_sampler: str = _opt("torchvision", "how crop boxes are drawn: torchvision "
+                             "(RandomResizedCrop: area uniform in crop_scale, aspect "
+                             "log-uniform, 10 tries, then a centre crop) or official (the "
+                             "official code's data_util.py crop_and_resize: "
+                             "tf.image.sample_distorted_bounding_box, aspect uniform, height "
+                             "uniform, at least 10% of the image, 100 tries, then the whole "
+                             "image; smaller crops on average, mean area 0.42 against 0.48 of a "
+                             "224-px image at 0.08,1)", "augment",
+                             choices=("torchvision", "official"))
+    crop_interpolation: str = _opt("bilinear", "resize of the crop: bilinear (torchvision's, "
+                                   "antialiased when shrinking) or bicubic (the official "
+                                   "code's tf.image.resize: Keys' cubic, no antialiasing)",
+                                   "augment", choices=("bilinear", "bicubic"))
     flip_p: float = _opt(0.5, "probability of a horizontal flip", "augment", prob=True)
     color_strength: float = _opt(0.5, "colour distortion strength s: jitter brightness, contrast "
                                  "and saturation 0.8s, hue 0.2s (paper: 1.0 on ImageNet, 0.5 on "

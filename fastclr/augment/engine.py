@@ -90,8 +90,8 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
         return _apply_official_colour(images, params, out, workspace, native)
     # Everything per view that does not touch pixels, for all views at once: the 1-D taps
     # (n_views, S, k) of the y and x resampling (row within the image, weight) and colour.
-    y_index, y_weight = _taps(params.top, params.height, H, S, None)
-    x_index, x_weight = _taps(params.left, params.width, W, S, params.flip)
+    y_index, y_weight = _taps(params.top, params.height, H, S, None, params.interpolation)
+    x_index, x_weight = _taps(params.left, params.width, W, S, params.flip, params.interpolation)
     y_weight = y_weight * (1 / 255)                     # uint8 -> [0, 1] ...
     if params.brightness is not None:                   # ... and brightness, for free
         y_weight = y_weight * params.brightness[:, None, None]

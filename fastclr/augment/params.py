@@ -26,6 +26,14 @@ CROP_TRIES = 10
 COLOR_IMPLS = ("torchvision", "official-v2", "official-v1")
 COLOR_ORDERS = ("fixed", "random")
 
+# random resized crop boxes: torchvision's RandomResizedCrop, or the official code's
+# tf.image.sample_distorted_bounding_box (data_util.py crop_and_resize)
+CROP_SAMPLERS = ("torchvision", "official")
+# the official crop_and_resize's arguments: the crop must cover this much of the image (its one
+# bounding box is the whole image), tried this many times before the whole image is taken
+OFFICIAL_MIN_COVERED = 0.1
+OFFICIAL_CROP_TRIES = 100
+
 
 @dataclass
 class AugmentParams:
@@ -64,6 +72,7 @@ class AugmentParams:
     #                                    2 saturation, 3 hue) of each slot; None: that order
     tf_formulas: bool = False      # contrast and saturation as tf.image's (each channel's mean;
     #                                HSV saturation), each jitter op clipped to [0, 1]
+    interpolation: str = "bilinear"  # of the resize: bilinear (antialiased) or bicubic
 
     def __len__(self) -> int:
         return self.top.shape[0]
@@ -92,7 +101,8 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
                   noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
                   cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
                   ops: Iterable[str] | None = None, color_impl: str = "torchvision",
-                  color_order: str = "fixed") -> AugmentParams:
+                  color_order: str = "fixed", crop_sampler: str = "torchvision",
+                  crop_interpolation: str = "bilinear") -> AugmentParams:
     """Draw the random parameters of `n` views of (channels, height, width) images.
 
     All randomness comes from `generator` (its device is the device of the returned tensors),
@@ -112,6 +122,11 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
     release); "official-v1"/"-v2" also mark contrast and saturation for tf.image's formulas.
     `color_order` "random" draws a random order of the four jitter ops per view, after every
     other draw. Neither changes any other draw.
+
+    `crop_sampler` "official" draws the crop boxes as the official code's
+    tf.image.sample_distorted_bounding_box call does (`_sample_crops_official`), in place of
+    torchvision's; `crop_interpolation` "bicubic" resizes them as its tf.image.resize does
+    (resample.py). With either, the later draws are not those of the default.
     """
     if channels not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {channels}")
@@ -128,7 +143,13 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
     def bernoulli(p: float) -> Tensor:
         return torch.rand(n, generator=generator, device=dev) < p
 
-    if "crop" in on:
+    if crop_sampler not in CROP_SAMPLERS:
+        raise ValueError(f"crop_sampler must be one of {', '.join(CROP_SAMPLERS)}, got "
+                         f"{crop_sampler!r}")
+    if "crop" in on and crop_sampler == "official":
+        top, left, h, w = _sample_crops_official(generator, n, height, width, crop_scale,
+                                                 crop_ratio)
+    elif "crop" in on:
         top, left, h, w = _sample_crops(generator, n, height, width, crop_scale, crop_ratio)
     else:   # the whole image
         top = left = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -191,7 +212,8 @@ def sample_params(generator: torch.Generator, n: int, height: int, width: int,
                          blur_kernel=blur_kernel_size(size), solarize=solarize, sobel=sobel,
                          noise_std=std, noise=noise, cutout=cutout, rotate=rotate,
                          brightness_shift=shift, color_order=order,
-                         tf_formulas=color_impl != "torchvision")
+                         tf_formulas=color_impl != "torchvision",
+                         interpolation=crop_interpolation)
 
 
 # What a view that does not take an op gets in a field of that op (see `cat_params`).
@@ -205,16 +227,16 @@ def cat_params(parts: list[AugmentParams]) -> AugmentParams:
     """The views of `parts` one after the other (same output size). A field that is None in
     some parts but not in others is filled with neutral values there (NEUTRAL: factor 1,
     shift 0, mask False, empty cutout box), which leave those views as they are."""
-    size, kernel, tf_formulas = parts[0].size, parts[0].blur_kernel, parts[0].tf_formulas
-    if any(p.size != size for p in parts):
-        raise ValueError("parameters of different output sizes cannot be joined")
-    if any(p.tf_formulas != tf_formulas for p in parts):
-        raise ValueError("parameters of different colour formulas cannot be joined")
+    plain = {"size": parts[0].size, "blur_kernel": parts[0].blur_kernel,
+             "tf_formulas": parts[0].tf_formulas, "interpolation": parts[0].interpolation}
+    for name, value in plain.items():
+        if any(getattr(p, name) != value for p in parts):
+            raise ValueError(f"parameters of different {name} cannot be joined")
     joined = {}
     for f in fields(AugmentParams):
         values = [getattr(p, f.name) for p in parts]
         if not isinstance(values[0], Tensor) and f.name not in NEUTRAL:
-            continue                                   # size, blur_kernel, tf_formulas
+            continue                                   # the plain fields above
         like = next((v for v in values if v is not None), None)
         if like is None:
             joined[f.name] = None
@@ -224,7 +246,7 @@ def cat_params(parts: list[AugmentParams]) -> AugmentParams:
             torch.full((len(p), *like.shape[1:]), NEUTRAL[f.name], dtype=like.dtype,
                        device=like.device)
             for p, v in zip(parts, values)])
-    return AugmentParams(size=size, blur_kernel=kernel, tf_formulas=tf_formulas, **joined)
+    return AugmentParams(**plain, **joined)
 
 
 def crop_within(outer: AugmentParams, inner: AugmentParams) -> AugmentParams:
@@ -275,6 +297,62 @@ def _sample_crops(generator: torch.Generator, n: int, height: int, width: int,
     left = torch.where(found, torch.floor(corner[:, 1] * (width - w + 1)), (width - w) // 2)
     top = torch.minimum(top, height - h)     # in case u * (k + 1) rounds up to k + 1
     left = torch.minimum(left, width - w)
+    return top.long(), left.long(), h.long(), w.long()
+
+
+def _sample_crops_official(generator: torch.Generator, n: int, height: int, width: int,
+                           scale: tuple[float, float], ratio: tuple[float, float],
+                           min_covered: float = OFFICIAL_MIN_COVERED,
+                           tries: int = OFFICIAL_CROP_TRIES):
+    """The official code's crop boxes for n samples at once: (top, left, h, w) (n,) int64.
+
+    data_util.py crop_and_resize calls tf.image.sample_distorted_bounding_box with the whole
+    image as its one bounding box, min_object_covered 0.1, area_range `scale`,
+    aspect_ratio_range `ratio` and 100 attempts; this is that op's sampling (TensorFlow's
+    sample_distorted_bounding_box_op.cc), vectorised over samples and attempts, in float32
+    where it computes in float32. Per attempt: an aspect ratio a uniform (not log-uniform) in
+    `ratio`; a height uniform over the integers from round(sqrt(min_area / a)) to the largest
+    that fits (the area is then not uniform: small crops are likelier than torchvision's);
+    width round(h a), nudged by a pixel of height when rounding leaves the area range; the
+    attempt fails outside the area range or below min_covered of the image; the offset is
+    uniform over [0, H - h) (a crop never touches the bottom or right edge unless it spans
+    the image). The first attempt that succeeds is kept, else the whole image.
+    """
+    dev, f32 = generator.device, torch.float32
+    u = torch.rand(n, tries, 4, generator=generator, device=dev, dtype=torch.float64)
+    aspect = (ratio[0] + (ratio[1] - ratio[0]) * u[..., 0]).to(f32)             # (n, tries)
+    # float32 products as the C++ code forms them: (fraction * width) * height
+    min_area = torch.tensor(scale[0], dtype=f32).mul(width).mul(height).to(dev)
+    max_area = torch.tensor(scale[1], dtype=f32).mul(width).mul(height).to(dev)
+    rint = torch.round                                   # lrintf: round half to even
+    lo = rint(torch.sqrt(min_area / aspect))
+    hi = rint(torch.sqrt(max_area / aspect))
+    # the tallest crop whose rounded width fits: (width + 0.5 - eps) / a, truncated
+    too_wide = rint(hi * aspect) > width
+    fit = torch.floor((width + 0.5 - 1e-7) / aspect.double()).to(f32)
+    fit = torch.where(rint(fit * aspect) > width, fit - 1, fit)
+    hi = torch.where(too_wide, fit, hi).clamp(max=height)
+    lo = torch.minimum(lo, hi)
+    h = lo + torch.floor(u[..., 1] * (hi - lo + 1).double()).to(f32)      # uniform in [lo, hi]
+    w = rint(h * aspect)
+    area = w * h
+    small = area < min_area                                  # one pixel taller, then shorter
+    h = torch.where(small, h + 1, h)
+    w = torch.where(small, rint(h * aspect), w)
+    area = w * h
+    large = area > max_area
+    h = torch.where(large, h - 1, h)
+    w = torch.where(large, rint(h * aspect), w)
+    area = w * h
+    ok = ((area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0)
+          & (h > 0) & (area / (width * height) >= min_covered))
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+    found = ok.any(dim=1)
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(height)).double()
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(width)).double()
+    corner = u.gather(1, first[..., None].expand(n, 1, 4)).squeeze(1)[:, 2:]    # (n, 2)
+    top = torch.floor(corner[:, 0] * (height - h))               # [0, H - h), 0 if h = H
+    left = torch.floor(corner[:, 1] * (width - w))
     return top.long(), left.long(), h.long(), w.long()
 
 

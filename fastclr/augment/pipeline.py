@@ -7,8 +7,9 @@ from torch import Tensor
 
 from fastclr.augment.engine import apply
 from fastclr.augment.ops import check_ops
-from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, AugmentParams, cat_params,
-                                    crop_within, sample_params)
+from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, CROP_SAMPLERS, AugmentParams,
+                                    cat_params, crop_within, sample_params)
+from fastclr.augment.resample import INTERPOLATIONS
 from fastclr.augment.workspace import Workspace
 
 
@@ -40,6 +41,10 @@ class SimCLRAugment:
     ("official-v2": tf.image's contrast and saturation; "official-v1" also an additive
     brightness), and/or a random order per view ("random", as the official code's default
     and torchvision's ColorJitter); those run as tensor ops (`colour.jitter`).
+    `crop_sampler` and `crop_interpolation`: torchvision's RandomResizedCrop boxes and
+    antialiased bilinear resize (the defaults), or the official code's
+    tf.image.sample_distorted_bounding_box boxes ("official", params._sample_crops_official)
+    and tf.image.resize's bicubic ("bicubic", resample._bicubic_taps).
     """
 
     def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
@@ -51,6 +56,7 @@ class SimCLRAugment:
                  cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
                  ops: tuple[str, ...] | None = None, one_branch: bool = False,
                  color_impl: str = "torchvision", color_order: str = "fixed",
+                 crop_sampler: str = "torchvision", crop_interpolation: str = "bilinear",
                  native: bool | None = None):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
@@ -77,6 +83,12 @@ class SimCLRAugment:
         if color_order not in COLOR_ORDERS:
             raise ValueError(f"color_order must be one of {', '.join(COLOR_ORDERS)}, got "
                              f"{color_order!r}")
+        if crop_sampler not in CROP_SAMPLERS:
+            raise ValueError(f"crop_sampler must be one of {', '.join(CROP_SAMPLERS)}, got "
+                             f"{crop_sampler!r}")
+        if crop_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"crop_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {crop_interpolation!r}")
         if color_impl != "torchvision" and color_strength > 1.25:
             raise ValueError("the official jitter's contrast and saturation factors lie in "
                              "[1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below 0: "
@@ -90,7 +102,8 @@ class SimCLRAugment:
                             sobel_p=sobel_p, noise_p=noise_p, noise_std=tuple(noise_std),
                             cutout_p=cutout_p, cutout_scale=tuple(cutout_scale),
                             rotate_p=rotate_p, ops=check_ops(ops), color_impl=color_impl,
-                            color_order=color_order)
+                            color_order=color_order, crop_sampler=crop_sampler,
+                            crop_interpolation=crop_interpolation)
         self.one_branch = bool(one_branch)
         self.native = native            # see `apply`
         self.workspace = Workspace()

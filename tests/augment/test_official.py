@@ -183,3 +183,138 @@ def test_jitter_matches_tf_image(tf, impl):
             x = tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
         theirs = torch.from_numpy(x.numpy()).permute(2, 0, 1)
         torch.testing.assert_close(views[i], theirs, rtol=0, atol=PIPELINE_TOL)
+
+
+# ---- the crop sampler and the resize ----------------------------------------------------------
+
+def area_fractions(p: A.AugmentParams, H: int, W: int) -> np.ndarray:
+    return (p.height * p.width).double().numpy() / (H * W)
+
+
+@pytest.mark.parametrize("H,W", [(224, 224), (375, 500), (32, 32)])
+def test_official_crops_follow_the_official_constraints(H, W):
+    p = A.sample_params(gen(9), 20_000, H, W, 3, size=32, crop_scale=(0.08, 1.0),
+                        crop_sampler="official")
+    area = area_fractions(p, H, W)
+    aspect = (p.width / p.height).double().numpy()
+    assert area.min() >= 0.1 - 1e-9 and area.max() <= 1.0          # min_object_covered 0.1
+    assert (p.top >= 0).all() and (p.left >= 0).all()
+    # the offset is uniform over [0, H - h): flush with the bottom/right only when spanning
+    assert ((p.top + p.height < H) | (p.height == H)).all()
+    assert ((p.left + p.width < W) | (p.width == W)).all()
+    assert aspect.min() > 0.7 and aspect.max() < 1.4
+    # smaller crops than torchvision's on average (the issue's 0.42 against 0.48 at 224 px)
+    tv = area_fractions(A.sample_params(gen(9), 20_000, H, W, 3, size=32,
+                                        crop_scale=(0.08, 1.0)), H, W)
+    assert area.mean() < tv.mean() - 0.03
+    if (H, W) == (224, 224):
+        assert area.mean() == pytest.approx(0.42, abs=0.01)
+        assert tv.mean() == pytest.approx(0.48, abs=0.01)
+
+
+def test_the_torchvision_sampler_is_still_the_default():
+    a = A.sample_params(gen(10), 64, 40, 40, 3, size=32, crop_scale=(0.08, 1.0))
+    b = A.sample_params(gen(10), 64, 40, 40, 3, size=32, crop_scale=(0.08, 1.0),
+                        crop_sampler="torchvision", crop_interpolation="bilinear")
+    for name in ("top", "left", "height", "width", "flip", "brightness"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("H,W", [(224, 224), (375, 500)])
+def test_official_crops_match_tf_sample_distorted_bounding_box(tf, H, W):
+    # data_util.py crop_and_resize's call, 3000 times, against ours: the same distribution
+    # of area and aspect ratio (two-sample Kolmogorov-Smirnov distances)
+    tf.random.set_seed(0)
+    boxes = []
+    whole = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
+    for _ in range(3000):
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            [H, W, 3], bounding_boxes=whole, min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=100,
+            use_image_if_no_bounding_boxes=True)
+        boxes.append((*begin.numpy()[:2], *size.numpy()[:2]))
+    top, left, h, w = np.array(boxes, dtype=np.float64).T
+    p = A.sample_params(gen(11), 20_000, H, W, 3, size=32, crop_scale=(0.08, 1.0),
+                        crop_ratio=(3 / 4, 4 / 3), crop_sampler="official")
+
+    def ks(a, b):
+        grid = np.sort(np.concatenate([a, b]))
+        return np.abs(np.searchsorted(np.sort(a), grid, side="right") / len(a)
+                      - np.searchsorted(np.sort(b), grid, side="right") / len(b)).max()
+
+    ours_area, theirs_area = area_fractions(p, H, W), h * w / (H * W)
+    assert ks(ours_area, theirs_area) < 0.035       # the 0.1% critical value is ~0.038
+    assert ks((p.width / p.height).double().numpy(), w / h) < 0.035
+    assert ks((p.top.double() / (H - p.height.double()).clamp(min=1)).numpy(),
+              top / np.maximum(H - h, 1)) < 0.035
+    assert ((top + h < H) | (h == H)).all() and theirs_area.min() >= 0.1
+    assert ours_area.mean() == pytest.approx(theirs_area.mean(), abs=0.01)
+    # and torchvision's differs from both, measurably
+    tv = area_fractions(A.sample_params(gen(11), 20_000, H, W, 3, size=32,
+                                        crop_scale=(0.08, 1.0)), H, W)
+    assert ks(tv, theirs_area) > 0.06
+
+
+def reference_bicubic_row(row: np.ndarray, out: int) -> np.ndarray:
+    """TensorFlow's half-pixel bicubic along one row, written out per output pixel."""
+    n, a = len(row), -0.5
+
+    def keys(d):
+        d = abs(d)
+        if d <= 1:
+            return ((a + 2) * d - (a + 3)) * d * d + 1
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if d < 2 else 0.0
+
+    result = []
+    for i in range(out):
+        x = (i + 0.5) * n / out - 0.5
+        base = math.floor(x)
+        t = round((x - base) * 1024) / 1024
+        taps = [(base + k, keys(t - k)) for k in (-1, 0, 1, 2) if 0 <= base + k < n]
+        total = sum(wt for _, wt in taps)
+        result.append(sum(row[j] * wt for j, wt in taps) / total)
+    return np.array(result)
+
+
+@pytest.mark.parametrize("crop,out", [(12, 20), (20, 12), (7, 7), (33, 16)])
+def test_bicubic_resize_matches_its_formula(crop, out):
+    images = real_images(1, 40)
+    one = torch.tensor([0])
+    view = A.resized_crop(images, one + 3, one + 5, one + crop, one + crop, out,
+                          interpolation="bicubic")                       # (1, 3, out, out)
+    x = as_float(images[0, :, 3:3 + crop, 5:5 + crop]).double().numpy()
+    rows = np.stack([[reference_bicubic_row(x[c, :, j], out) for j in range(crop)]
+                     for c in range(3)])                                 # (3, crop, out): y
+    ref = np.stack([[reference_bicubic_row(rows[c, :, i], out) for i in range(out)]
+                    for c in range(3)]).transpose(0, 2, 1)               # (3, out, out)
+    torch.testing.assert_close(view[0].double(), torch.from_numpy(ref).transpose(1, 2),
+                               rtol=0, atol=TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crop,out", [(12, 20), (30, 16), (16, 16)])
+def test_bicubic_resize_matches_tf_image_resize(tf, crop, out):
+    images = real_images(2, 40)
+    one = torch.tensor([0, 0])
+    view = A.resized_crop(images, one + 2, one + 4, one + crop, one + crop, out,
+                          interpolation="bicubic")
+    for i in range(2):
+        x = as_float(images[i, :, 2:2 + crop, 4:4 + crop]).permute(1, 2, 0).numpy()
+        theirs = tf.image.resize(x[None], [out, out], method="bicubic")[0].numpy()
+        torch.testing.assert_close(view[i], torch.from_numpy(theirs).permute(2, 0, 1),
+                                   rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C-kernel", "tensor-ops"])
+def test_official_crops_in_the_pipeline(native):
+    if native and A.NATIVE is None:
+        pytest.skip("the C kernel was not built")
+    images = real_images(6, 40)
+    aug = A.SimCLRAugment(size=24, crop_scale=(0.08, 1.0), crop_sampler="official",
+                          crop_interpolation="bicubic", color_strength=1.0, native=native)
+    views = aug.stacked_views(images, gen(12))
+    p = aug.sample_params(images, gen(12), views=2)
+    ref = A.apply(images, p, native=False)
+    assert views.shape == (12, 3, 24, 24) and 0 <= views.min() and views.max() <= 1
+    torch.testing.assert_close(views, ref, rtol=0, atol=TOL)
