@@ -23,7 +23,9 @@ IDENTITY_GROUPS = ("augment", "model", "loss", "optim")
 def _opt(default, help: str, group: str, choices=None, identity: bool | None = None, **kw):
     """An option. `identity`: whether it changes what is learned (default: by its group), so
     that a run folder made with one value cannot be resumed with another; `choices` a tuple or
-    a fastclr.registry.Registry."""
+    a fastclr.registry.Registry; `absent`: a function of a saved config (dict) that predates
+    the option, giving the value that was in effect for it where that is not the default
+    (fastclr.config.config_from_dict)."""
     identity = group in IDENTITY_GROUPS if identity is None else identity
     meta = {"help": help, "group": group, "choices": choices, "identity": identity, **kw}
     if isinstance(default, (list, tuple)):
@@ -47,6 +49,16 @@ class Config:
                                   identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
                             low=0)
+    stream_crop: str = _opt("full", "streamed (folder) sets: full (workers take each view's "
+                            "random resized crop from the full-resolution file, decoded at "
+                            "reduced JPEG scale where the crop allows, as the paper's "
+                            "pipeline does) or square (fastclr before 0.2: a random largest "
+                            "square at the training size, the crops then taken from it, so "
+                            "small crops are upsampled from at most image_size pixels); the "
+                            "one-branch protocol and --augment without crop need square",
+                            "data", choices=("full", "square"), identity=True,
+                            absent=lambda saved: "square" if _streamed(saved.get("data"))
+                            else "full")
 
     # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "
@@ -326,6 +338,13 @@ class Config:
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _streamed(data) -> bool:
+    """Whether a data option names a streamed set (textually: config code imports no torch, so
+    no data registry): a folder, an image folder, or the built-in ImageNet."""
+    return isinstance(data, str) and (data.startswith(("folder:", "imagefolder:"))
+                                      or data == "imagenet")
 
 
 def _plain(value):

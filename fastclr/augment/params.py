@@ -356,6 +356,26 @@ def _sample_crops_official(generator: torch.Generator, n: int, height: int, widt
     return top.long(), left.long(), h.long(), w.long()
 
 
+@dataclass(frozen=True)
+class CropBoxes:
+    """Random resized crop boxes drawn as SimCLRAugment draws them (its crop_scale, crop_ratio,
+    crop_sampler; its crop_interpolation for whoever resizes them), for a loader that crops
+    files before they are batched (streamed sets: fastclr.data.batches). Picklable, so
+    DataLoader workers can hold it."""
+
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    sampler: str = "torchvision"
+    interpolation: str = "bilinear"
+
+    def __call__(self, generator: torch.Generator, n: int, height: int, width: int
+                 ) -> list[tuple[int, int, int, int]]:
+        """n boxes (top, left, h, w) in a height x width image."""
+        draw = _sample_crops_official if self.sampler == "official" else _sample_crops
+        top, left, h, w = draw(generator, n, height, width, self.scale, self.ratio)
+        return list(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist()))
+
+
 def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
     in_ratio = width / height
     if in_ratio < min(ratio):

@@ -7,8 +7,9 @@ from torch import Tensor
 
 from fastclr.augment.engine import apply
 from fastclr.augment.ops import check_ops
+from fastclr.augment.ops import OPS
 from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, CROP_SAMPLERS, AugmentParams,
-                                    cat_params, crop_within, sample_params)
+                                    CropBoxes, cat_params, crop_within, sample_params)
 from fastclr.augment.resample import INTERPOLATIONS
 from fastclr.augment.workspace import Workspace
 
@@ -126,11 +127,28 @@ class SimCLRAugment:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"SimCLRAugment({args}, one_branch={self.one_branch!r})"
 
+    def crop_boxes(self) -> CropBoxes:
+        """This augmentation's random resized crop, for a loader that crops full-resolution
+        files itself (streamed sets); the views of its crops then come from
+        `stacked_views(crops, generator, cropped=True)`."""
+        o = self.options
+        return CropBoxes(o["crop_scale"], o["crop_ratio"], o["crop_sampler"],
+                         o["crop_interpolation"])
+
     def sample_params(self, images: Tensor, generator: torch.Generator,
-                      views: int = 1) -> AugmentParams:
-        """Parameters of `views` views of each image of the batch (view-major order)."""
+                      views: int = 1, cropped: bool = False) -> AugmentParams:
+        """Parameters of `views` views of each image of the batch (view-major order).
+
+        `cropped`: the images are already the random resized crops of the views (from
+        `crop_boxes`), one view each: every op but the crop."""
         _check_generator(images, generator)
         n, C, H, W = images.shape
+        if cropped:
+            if self.one_branch or views != 1:
+                raise ValueError("cropped images take one view each, and not one_branch "
+                                 "(whose second crop lies inside the first)")
+            ops = [op for op in (self.options["ops"] or OPS) if op != "crop"]
+            return sample_params(generator, n, H, W, C, **{**self.options, "ops": ops})
         if not self.one_branch:
             return sample_params(generator, views * n, H, W, C, **self.options)
         if views != 2:
@@ -167,9 +185,18 @@ class SimCLRAugment:
 
     def stacked_views(self, images: Tensor, generator: torch.Generator, *,
                       out: Tensor | None = None,
-                      memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+                      memory_format: torch.memory_format = torch.contiguous_format,
+                      cropped: bool = False) -> Tensor:
         """The two views of each image as one (2N, C, S, S) tensor: rows i and N + i are the
-        two views of image i, ready for one forward pass of the encoder."""
+        two views of image i, ready for one forward pass of the encoder.
+
+        `cropped`: `images` (2N, C, S, S) are already the two random resized crops of each
+        image in that order (a streamed set's loader took them from the full-resolution
+        files with `crop_boxes`); the rest of the augmentation is applied to each."""
+        if cropped:
+            params = self.sample_params(images, generator, cropped=True)
+            return apply(images, params, out=out, memory_format=memory_format,
+                         workspace=self.workspace, native=self.native)
         params = self.sample_params(images, generator, views=2)
         return apply(images, params, out=out, memory_format=memory_format,
                      workspace=self.workspace, native=self.native)

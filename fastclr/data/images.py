@@ -89,6 +89,53 @@ def decode_square(path: str | Path, size: int, rng: np.random.Generator | None =
     return np.array(out)  # (S, S, 3) uint8, writable
 
 
+# EXIF orientations that swap width and height (rotations by a quarter turn)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened, not yet decoded image as `to_rgb` will orient it."""
+    w, h = img.size
+    orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def decode_crops(path: str | Path, size: int, boxes, interpolation: str = "bilinear"
+                 ) -> np.ndarray:
+    """Random resized crops of one file, taken from the full-resolution image: uint8
+    (k, size, size, 3).
+
+    `boxes(height, width)` gives the k crop boxes (top, left, h, w) in the pixels of the
+    oriented image, from its header, before any pixel is decoded. A JPEG is then decoded at
+    the smallest DCT scale (1/2, 1/4 or 1/8, PIL's draft mode) that still leaves every box
+    at least `size` pixels a side, so a crop is never resampled from fewer pixels than the
+    file has for it up to the output size; each box is resized to size x size by PIL
+    (bilinear or bicubic, widened when shrinking: antialiased).
+    """
+    with Image.open(path) as img:
+        width, height = oriented_size(img)
+        crops = boxes(height, width)
+        if img.format == "JPEG":
+            # the largest power-of-two reduction every crop affords, at most 8
+            slack = min(min(h, w) for _, _, h, w in crops) // size
+            reduce = 1
+            while reduce < 8 and 2 * reduce <= slack:
+                reduce *= 2
+            if reduce > 1:
+                w, h = img.size
+                img.draft("RGB", (-(-w // reduce), -(-h // reduce)))
+        img.load()
+        img = to_rgb(img)
+    sx, sy = img.width / width, img.height / height
+    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+    for k, (top, left, h, w) in enumerate(crops):
+        box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+        out[k] = np.asarray(img.resize((size, size), RESAMPLING[interpolation], box=box,
+                                       reducing_gap=3.0))
+    return out
+
+
 def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
     """Decode files with `decode_square` (centred) into uint8 (N, 3, size, size).
 

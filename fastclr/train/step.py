@@ -92,11 +92,15 @@ class Run:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
         # both; written into the same buffer every step (fresh pages cost more than the maths)
-        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt)
+        # (streamed sets may bring both views' crops already: rows i and n + i, see
+        # StreamingBatches; the augmentation then does the rest to each)
+        cropped = self.batches.cropped
+        x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt,
+                                       cropped=cropped)
         self.views = x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
-            n = len(images)
+            n = len(x) // 2
             if self.loss is None:  # supervised: both views of each image carry its label
                 loss = F.cross_entropy(z.float(), torch.cat([labels, labels]))
             else:
@@ -138,15 +142,23 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
         forward = torch.compile(forward)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
                                 cfg.trust_coefficient)
+    augment = augment_from_config(cfg, pretrain.shape[0])
+    crops = None
+    if pretrain.streamed and cfg.stream_crop == "full":
+        if cfg.one_branch or "crop" not in (cfg.augment_ops or ("crop",)):
+            raise ConfigError("stream_crop full takes each view's crop in the loader; the "
+                              "one-branch protocol and --augment without crop need "
+                              "--stream-crop square")
+        crops = augment.crop_boxes()
     batches = pretrain_batches(pretrain, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size,
-                               ctx.device, cfg.num_workers)
+                               ctx.device, cfg.num_workers, crops)
     total = cfg.epochs * batches.steps_per_epoch
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     precision = cfg.precision if cfg.precision != "auto" else (
         "bf16" if ctx.device.type == "cuda" else "fp32")
     loss = None if cfg.objective == "supervised" else build_loss(
         cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard, cfg.loss_reduction)
-    return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg, pretrain.shape[0]), batches, total,
+    return Run(cfg, ctx, model, forward, optimizer, augment, batches, total,
                warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
                torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
                channels_last, loss)
