@@ -52,7 +52,7 @@ class Config:
     stream_crop: str = _opt("full", "streamed (folder) sets: full (workers take each view's "
                             "random resized crop from the full-resolution file, decoded at "
                             "reduced JPEG scale where the crop allows, as the paper's "
-                            "pipeline does) or square (fastclr before 0.2: a random largest "
+                            "pipeline does) or square (fastclr's earlier mode: a random largest "
                             "square at the training size, the crops then taken from it, so "
                             "small crops are upsampled from at most image_size pixels); the "
                             "one-branch protocol and --augment without crop need square",

@@ -175,3 +175,20 @@ def test_official_head_trains_exports_and_reloads(tmp_path):
     weights = load_weights(tmp_path / "run", device="cpu")
     assert weights.head is not None and weights.head.spec.out_norm == "batch"
     assert type(weights.head.net[-1]).__name__ == "Scale"
+
+
+# ---- the preset ---------------------------------------------------------------------------------
+
+OFFICIAL = {"head_out_norm": "batch", "color_impl": "official-v1", "color_order": "random",
+            "loss_reduction": "sum-directions", "crop_sampler": "official",
+            "crop_interpolation": "bicubic"}
+
+
+def test_paper_official_is_the_imagenet_preset_with_the_official_choices():
+    from fastclr.config import Config, load_config
+    paper, official = load_config("imagenet-resnet50"), load_config("paper-official")
+    differ = {k for k, v in official.to_dict().items() if v != paper.to_dict()[k]} - {"name"}
+    assert differ == set(OFFICIAL)
+    assert {k: getattr(official, k) for k in OFFICIAL} == OFFICIAL
+    # each is an option whose default is the paper's text (or torchvision's), not the code's
+    assert all(getattr(Config(), k) != v for k, v in OFFICIAL.items())
