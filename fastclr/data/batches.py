@@ -17,14 +17,18 @@ number of processes, see exactly the batches of one uninterrupted single-process
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from fastclr.errors import DataError
-from fastclr.data.images import FolderIndex, decode_crops, decode_square, error_text
+from PIL import Image
+
+from fastclr.data.images import (FolderIndex, crop_opened, decode_crops, decode_square,
+                                 error_text, oriented_size)
 
 log = logging.getLogger("fastclr")
 
@@ -93,33 +97,118 @@ class _CropFiles(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def _draws(self, i: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, i))  # slot i's draws, any file
+
     def __getitem__(self, i: int):
+        if self.crops is not None:         # (the DataLoader fetches batches: __getitems__)
+            return self._crops(i, self._uniforms(self._draws(i)))
         failed = []
         n = len(self.index)
         for k in range(min(n, MAX_SUBSTITUTES)):
             j = (i + k) % n
-            rng = np.random.default_rng((self.seed, self.epoch, i))  # slot i's draws, any file
             try:
-                if self.crops is None:
-                    crop = decode_square(self.index.path(j), self.size, rng)  # (S, S, 3)
-                    return torch.from_numpy(crop).permute(2, 0, 1), failed
-                generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-                crops = decode_crops(self.index.path(j), self.size,
-                                     lambda h, w: self.crops(generator, 2, h, w),
-                                     self.crops.interpolation)                  # (2, S, S, 3)
-                return torch.from_numpy(crops).permute(0, 3, 1, 2), failed
+                crop = decode_square(self.index.path(j), self.size, self._draws(i))  # (S, S, 3)
+                return torch.from_numpy(crop).permute(2, 0, 1), failed
             except Exception as e:  # damaged file: PIL's plugins raise many exception types
                 failed.append((self.index.paths[j], error_text(e)))
         return None, failed  # the main process raises: an error raised here would arrive wrapped
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch of items (the DataLoader's batched fetch). With crops, the whole batch is
+        made here, in shared memory when in a worker (so handing it over copies nothing): the
+        crop boxes of all its images, of many sizes, come from one call (per image a few dozen
+        tensor ops would cost half as much as decoding it), each image's still drawn from its
+        own seed, and each crop is written straight into its rows of the batch."""
+        if self.crops is None:
+            return [self[i] for i in indices]
+        B, S = len(indices), self.size
+        batch = _uint8_batch((2 * B, 3, S, S))
+        rows = batch.numpy().reshape(2, B, 3, S, S)           # rows[:, k]: image k's views
+        u = torch.from_numpy(np.stack([self._uniforms(self._draws(i)) for i in indices]))
+        opened, sizes = [], []
+        for i in indices:                                     # headers only
+            try:
+                img = Image.open(self.index.path(i))
+                opened.append(img)
+                width, height = oriented_size(img)
+                sizes.append((height, width))
+            except Exception:  # unreadable: its item finds a substitute below
+                opened.append(None)
+                sizes.append((1, 1))
+        heights, widths = (torch.tensor(x).repeat_interleave(2) for x in zip(*sizes))
+        boxes = self.crops.from_uniforms(u.view(2 * B, -1), heights, widths)
+        boxes = boxes.view(B, 2, 4).tolist()
+        failed = []
+        try:
+            for k, (i, img) in enumerate(zip(indices, opened)):
+                try:
+                    if img is None:
+                        raise OSError("unreadable")
+                    height, width = sizes[k]
+                    crop_opened(img, width, height, boxes[k], S, self.crops.interpolation,
+                                out=rows[:, k])
+                except Exception:  # file i failed: slot i's draws on the next files in turn
+                    crops, fails = self._crops(i, u[k])
+                    failed += fails
+                    if crops is None:
+                        return [(None, failed)]
+                    rows[:, k] = crops.numpy()
+        finally:
+            for img in opened:
+                if img is not None:
+                    img.close()
+        return [(_Batch(batch), failed)]
+
+    def _uniforms(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.random((2, self.crops.draws))                    # (views, draws)
+
+    def _crops(self, i: int, u):
+        """Item i as the two views' crops (2, 3, S, S): file i, or the next files in turn if
+        it fails, with slot i's draws u (2, draws)."""
+        failed = []
+        n = len(self.index)
+        u = torch.as_tensor(u)
+        for k in range(min(n, MAX_SUBSTITUTES)):
+            j = (i + k) % n
+            try:
+                crops = decode_crops(self.index.path(j), self.size,
+                                     lambda h, w: self.crops.from_uniforms(u, h, w).tolist(),
+                                     self.crops.interpolation)              # (2, 3, S, S)
+                return torch.from_numpy(crops), failed
+            except Exception as e:  # damaged file: PIL's plugins raise many exception types
+                failed.append((self.index.paths[j], error_text(e)))
+        return None, failed
+
+
+class _Batch:
+    """A batch __getitems__ made whole (the collate function passes it on)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+
+def _uint8_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor, in shared memory inside a DataLoader worker (as torch's
+    default collate makes its batches), so that handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).new(storage).view(shape)
+
 
 def _collate(items):
+    """The items' images as one uint8 batch: (B, 3, S, S) squares, or for crops the (2B, 3, S,
+    S) batch __getitems__ already made (first views before second: rows i and B + i of image
+    i)."""
     failed = [f for _, fails in items for f in fails]
     if any(img is None for img, _ in items):
         return None, failed
-    batch = torch.stack([img for img, _ in items])  # (B, 3, S, S) or (B, 2, 3, S, S) uint8
-    if batch.dim() == 5:    # the two views' crops, view-major: rows i and B + i of image i
-        batch = batch.transpose(0, 1).reshape(-1, *batch.shape[2:])
+    if isinstance(items[0][0], _Batch):
+        return items[0][0].images, failed
+    batch = _uint8_batch((len(items), *items[0][0].shape))
+    for k, (img, _) in enumerate(items):
+        batch[k].copy_(img)
     return batch, failed
 
 

@@ -30,9 +30,10 @@ def fixed(*boxes):
 def test_each_box_is_cropped_from_the_full_image(tmp_path):
     Image.fromarray(quadrants(400, 300)).save(tmp_path / "q.png")
     out = decode_crops(tmp_path / "q.png", 16, fixed((10, 10, 100, 150), (200, 250, 90, 140)))
-    assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
-    assert (np.abs(out[0].astype(int) - RED) <= 2).all()      # top-left quadrant
-    assert (np.abs(out[1].astype(int) - WHITE) <= 2).all()    # bottom-right quadrant
+    assert out.shape == (2, 3, 16, 16) and out.dtype == np.uint8
+    out = out.transpose(0, 2, 3, 1).astype(int)                # (2, 16, 16, 3) to compare
+    assert (np.abs(out[0] - RED) <= 2).all()                   # top-left quadrant
+    assert (np.abs(out[1] - WHITE) <= 2).all()                 # bottom-right quadrant
 
 
 def test_boxes_are_in_the_oriented_image(tmp_path):
@@ -48,10 +49,10 @@ def test_boxes_are_in_the_oriented_image(tmp_path):
         seen.append((height, width))
         return [(10, 10, 100, 150), (200, 250, 90, 140)]
 
-    out = decode_crops(tmp_path / "turned.jpg", 16, boxes)
+    out = decode_crops(tmp_path / "turned.jpg", 16, boxes).transpose(0, 2, 3, 1).astype(int)
     assert seen == [(300, 400)]
-    assert np.abs(out[0].astype(int) - RED).max() < 30
-    assert np.abs(out[1].astype(int) - WHITE).max() < 30
+    assert np.abs(out[0] - RED).max() < 30
+    assert np.abs(out[1] - WHITE).max() < 30
 
 
 def test_large_jpegs_decode_at_reduced_scale_only_where_the_crops_allow(tmp_path, monkeypatch):
@@ -100,6 +101,14 @@ def crop_batches(root, seed=0, rank=0, world=1, workers=0, sampler="torchvision"
 
 def test_crop_batches_hold_both_views_and_are_reproducible(photo_dir):
     a = list(crop_batches(photo_dir).epoch(0))
+    # the batched fetch gives what each image's own fetch gives
+    one = crop_batches(photo_dir)
+    order = one.local_indices(0)[0]
+    dataset = __import__("fastclr.data.batches", fromlist=["_CropFiles"])._CropFiles(
+        one.index, 16, 0, 0, one.crops)
+    for k, i in enumerate(order):
+        crops, failed = dataset[i]
+        assert not failed and torch.equal(crops, torch.stack([a[0][k], a[0][6 + k]]))
     assert len(a) == 2 and a[0].shape == (12, 3, 16, 16) and a[0].dtype == torch.uint8
     assert crop_batches(photo_dir).cropped
     assert all(torch.equal(x, y) for x, y in zip(a, crop_batches(photo_dir).epoch(0)))
@@ -159,3 +168,30 @@ def test_one_branch_on_a_folder_asks_for_the_square_mode(tmp_path, photo_dir):
     train(tiny_config(tmp_path / "square", data=f"folder:{photo_dir}", data_dir=None,
                       image_size=16, batch_size=4, one_branch=True, num_workers=0,
                       max_steps=1, stream_crop="square"), progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["torchvision", "official"])
+def test_boxes_of_many_sizes_at_once_are_each_images_own(sampler):
+    # a loader draws a batch's boxes in one call; each image's must be what a call for that
+    # image alone gives
+    crops = CropBoxes((0.08, 1.0), (3 / 4, 4 / 3), sampler)
+    u = torch.rand(40, crops.draws, generator=torch.Generator().manual_seed(0),
+                   dtype=torch.float64)
+    heights = torch.tensor([375, 500, 12, 1, 224] * 8)
+    widths = torch.tensor([500, 375, 40, 1, 224] * 8)
+    together = crops.from_uniforms(u, heights, widths)
+    for k in range(40):
+        alone = crops.from_uniforms(u[k:k + 1], int(heights[k]), int(widths[k]))
+        assert torch.equal(together[k], alone[0]), k
+
+
+def test_an_unreadable_file_in_a_crop_batch_is_replaced(tmp_path, photo_dir):
+    import shutil
+    for k, path in enumerate(sorted(photo_dir.glob("*.jpg"))[:6]):
+        shutil.copy(path, tmp_path / f"{k}.jpg")
+    data = (tmp_path / "2.jpg").read_bytes()
+    (tmp_path / "2.jpg").write_bytes(data[:len(data) // 2])       # its header reads, not its data
+    batches = StreamingBatches(index_folder(tmp_path), 16, 6, 0, crops=CropBoxes(
+        (0.08, 1.0), (3 / 4, 4 / 3)), num_workers=0)
+    got = next(batches.epoch(0))
+    assert got.shape == (12, 3, 16, 16) and batches.failures == 1
