@@ -62,8 +62,10 @@ class Config:
 
     # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "
-                                           "area as a fraction of the image (paper: 0.08,1; small "
-                                           "images: 0.2,1)", "augment", unit=True)
+                                           "area as a fraction of the image (paper: 0.08,1, on "
+                                           "CIFAR-10 too, appendix B.9; 0.2,1 is later work's "
+                                           "usual choice for small images)", "augment",
+                                           unit=True)
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "random resized crop: aspect ratio "
                                            "range", "augment")
     crop_sampler: str = _opt("torchvision", "how crop boxes are drawn: torchvision "
@@ -77,7 +79,9 @@ class Config:
                              choices=("torchvision", "official"))
     crop_interpolation: str = _opt("bilinear", "resize of the crop: bilinear (torchvision's, "
                                    "antialiased when shrinking) or bicubic (the official "
-                                   "code's tf.image.resize: Keys' cubic, no antialiasing)",
+                                   "code's tf.image.resize: Keys' cubic, no antialiasing; "
+                                   "streamed sets' loader resizes with torch's antialiased "
+                                   "bicubic)",
                                    "augment", choices=("bilinear", "bicubic"))
     flip_p: float = _opt(0.5, "probability of a horizontal flip", "augment", prob=True)
     color_strength: float = _opt(0.5, "colour distortion strength s: jitter brightness, contrast "
