@@ -318,3 +318,29 @@ def test_official_crops_in_the_pipeline(native):
     ref = A.apply(images, p, native=False)
     assert views.shape == (12, 3, 24, 24) and 0 <= views.min() and views.max() <= 1
     torch.testing.assert_close(views, ref, rtol=0, atol=TOL)
+
+
+# ---- CUDA ---------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_official_options_match_cpu_without_waiting():
+    images = real_images(16, 40)
+    options = dict(size=32, color_strength=1.0, crop_scale=(0.08, 1.0), gray_p=0.3,
+                   blur_p=0.5, color_impl="official-v1", color_order="random",
+                   crop_sampler="official", crop_interpolation="bicubic")
+    p = A.sample_params(gen(13), 32, 40, 40, **options)
+    cpu = A.apply(images, p, native=False)
+    moved = A.AugmentParams(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v)
+                               for k, v in vars(p).items()})
+    cuda = A.apply(images.cuda(), moved)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=PIPELINE_TOL)
+    g, x = torch.Generator(device="cuda").manual_seed(0), images.cuda()
+    aug = A.SimCLRAugment(**options)
+    aug.two_views(x, g)                                          # warm-up: lazy CUDA set-up
+    torch.cuda.set_sync_debug_mode("error")                      # drawing and applying never
+    try:                                                         # wait for the device
+        v1, v2 = aug.two_views(x, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert v1.is_cuda and v1.shape == (16, 3, 32, 32) and not torch.equal(v1, v2)
+    assert v1.min() >= 0 and v1.max() <= 1
