@@ -91,12 +91,12 @@ class Run:
         self.guard.save()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for
-        # both; written into the same buffer every step (fresh pages cost more than the maths)
-        # (streamed sets may bring both views' crops already: rows i and n + i, see
-        # StreamingBatches; the augmentation then does the rest to each)
-        cropped = self.batches.cropped
+        # both; written into the same buffer every step (fresh pages cost more than the maths).
+        # A streamed set's batch may hold both views' crops already (StreamingBatches), and
+        # the augmentation then does the rest to each
+        cropped = {"cropped": True} if self.batches.cropped else {}
         x = self.augment.stacked_views(images, self.generator, out=self.views, memory_format=fmt,
-                                       cropped=cropped)
+                                       **cropped)
         self.views = x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             h, z = self.forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
