@@ -373,7 +373,8 @@ def _official_from_uniforms(u: Tensor, height: int | Tensor, width: int | Tensor
     hi = rint(torch.sqrt(max_area / aspect))
     # the tallest crop whose rounded width fits: (width + 0.5 - eps) / a, truncated
     too_wide = rint(hi * aspect) > W
-    fit = torch.floor((W + 0.5 - 1e-7) / aspect.double()).to(f32)
+    wide = W if isinstance(W, int) else W.double()        # in double, as the C++ forms it
+    fit = torch.floor((wide + 0.5 - 1e-7) / aspect.double()).to(f32)
     fit = torch.where(rint(fit * aspect) > W, fit - 1, fit)
     hi = torch.minimum(torch.where(too_wide, fit, hi), torch.as_tensor(H, dtype=f32))
     lo = torch.minimum(lo, hi)
