@@ -1,13 +1,15 @@
-"""Images/s of the streaming loader alone: files decoded and cropped to S x S in DataLoader
-workers, no model, no device augmentation (DESIGN: measure, don't guess).
+"""Images/s of the streaming loader alone: files decoded and cropped in DataLoader workers,
+no model, no device augmentation (DESIGN: measure, don't guess).
 
     python benchmarks/streaming.py FOLDER [--size 224] [--workers 2] [--batch-size 64]
-                                          [--batches 30] [--json]
+                                          [--batches 30] [--stream-crop full] [--json]
 
-It times fastclr's StreamingBatches and, in the same process on the same files with the same
-workers and batch size, a reference loader as most SimCLR code writes it (torchvision:
-PIL open + convert("RGB") + RandomResizedCrop(S) + PILToTensor per image), and prints both
-rates and their ratio. The folder's index is repeated so that the timed batches come from one
+It times fastclr's StreamingBatches (by default as training uses it: both views' random
+resized crops, area 0.08-1, taken from the full-resolution file, so an image is two S x S
+crops; `--stream-crop square`: one random largest square) and, in the same process on the
+same files with the same workers and batch size, a reference loader as most SimCLR code
+writes it (torchvision: PIL open + convert("RGB") + RandomResizedCrop(S) + PILToTensor per
+image, one view), and prints both rates and their ratio. The folder's index is repeated so that the timed batches come from one
 epoch: steady state, no worker start-up inside the timing (the first `--warmup` batches are
 not timed either). The two loaders are timed in alternation `--repeats` times and the medians
 reported, so that load from other processes on a shared machine hits both alike.
@@ -83,6 +85,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--repeats", type=int, default=3, help="alternating timings of each loader")
     p.add_argument("--no-reference", action="store_true", help="time fastclr's loader only")
+    p.add_argument("--stream-crop", choices=("full", "square"), default="full",
+                   help="full: both views' crops from the full-resolution file (training's "
+                   "default); square: one random largest square per image")
+    p.add_argument("--crop-sampler", choices=("torchvision", "official"), default="torchvision")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -95,8 +101,12 @@ def main() -> None:
     need = (args.warmup + args.batches) * args.batch_size
     files = repeated(index, need)
 
+    crops = None
+    if args.stream_crop == "full":
+        from fastclr.augment.params import CropBoxes
+        crops = CropBoxes((0.08, 1.0), (3 / 4, 4 / 3), args.crop_sampler)
     ours = StreamingBatches(files, args.size, args.batch_size, seed=0,
-                            num_workers=args.workers)
+                            num_workers=args.workers, crops=crops)
     loader = DataLoader(ReferenceCrops(files, args.size), batch_size=args.batch_size,
                         num_workers=args.workers, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
@@ -108,6 +118,7 @@ def main() -> None:
     result = {"folder": str(Path(args.folder).resolve()), "files": len(index),
               "skipped": len(index.skipped), "index_seconds": round(index_seconds, 3),
               "size": args.size, "workers": args.workers, "batch_size": args.batch_size,
+              "stream_crop": args.stream_crop,
               "timed_images": args.batches * args.batch_size, "repeats": args.repeats,
               "images_per_s": round(statistics.median(mine), 1),
               "images_per_s_runs": [round(x, 1) for x in mine],
@@ -122,9 +133,10 @@ def main() -> None:
         return
     print(f"{result['files']} files indexed in {result['index_seconds']:.2f} s "
           f"({result['skipped']} unreadable skipped)")
-    print(f"fastclr streaming: {result['images_per_s']:.1f} images/s at {args.size} px with "
-          f"{args.workers} workers (batch {args.batch_size}; median of {args.repeats} x "
-          f"{result['timed_images']} images)")
+    what = "two view crops" if args.stream_crop == "full" else "one square"
+    print(f"fastclr streaming ({what} per image): {result['images_per_s']:.1f} images/s at "
+          f"{args.size} px with {args.workers} workers (batch {args.batch_size}; median of "
+          f"{args.repeats} x {result['timed_images']} images)")
     if "reference_images_per_s" in result:
         print(f"torchvision reference: {result['reference_images_per_s']:.1f} images/s; "
               f"ratio {result['ratio_vs_reference']:.2f}x")

@@ -196,9 +196,12 @@ def _name_text(value) -> str:
 
 
 def config_from_dict(raw: dict) -> Config:
-    """Rebuild a saved config (run folder or checkpoint); unknown keys are an error."""
+    """Rebuild a saved config (run folder or checkpoint); unknown keys are an error. An option
+    the saved config predates takes the value that was in effect then (its `absent` value,
+    e.g. stream_crop square), so a run folder's config keeps describing its weights."""
     name = raw.get("name", "custom")
-    values = {}
+    values = {f.name: f.metadata["absent"](raw) for f in options()
+              if "absent" in f.metadata and f.name not in raw}
     for key, value in raw.items():
         if key == "name":
             continue

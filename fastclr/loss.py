@@ -7,6 +7,13 @@ count. With several processes the candidates are the views of every process (gat
 gradient), so the result and its gradient equal one process holding the whole global batch.
 Similarities are computed in fp32 whatever the autocast state; z is l2-normalised (cosine
 similarity) unless `normalize` is off (Table 5).
+
+`build_loss(reduction="sum-directions")` gives the official code's scale instead: its
+add_contrastive_loss (objective.py) adds the mean over the first views' anchors to the mean
+over the second views', exactly twice the mean over all 2N. The paper's Algorithm 1 writes the
+mean. Only the scale differs, but LARS does not undo it everywhere: a weight's step is
+normalised by its trust ratio (the scale changes only how much weight decay counts against
+the gradient), while biases and BN parameters, which get no trust ratio, take twice the step.
 """
 
 from __future__ import annotations
@@ -127,10 +134,21 @@ def margin_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float = 0.5,
         return ((hinge * negatives).sum(1) / negatives.sum(1)).mean()
 
 
+REDUCTIONS = {"mean": 1.0, "sum-directions": 2.0}
+
+
+def _scaled(fn, scale: float, z1: torch.Tensor, z2: torch.Tensor, **kwargs) -> torch.Tensor:
+    return scale * fn(z1, z2, **kwargs)
+
+
 def build_loss(name: str, temperature: float, normalize: bool = True, margin: float = 0.5,
-               semi_hard_negatives: bool = False):
+               semi_hard_negatives: bool = False, reduction: str = "mean"):
     """The loss `name` (fastclr.registry.LOSSES) with its options bound:
-    loss(z1, z2, distributed=False) -> scalar. Options a loss does not take are not passed."""
+    loss(z1, z2, distributed=False) -> scalar. Options a loss does not take are not passed.
+
+    `reduction`: "mean" over the 2N anchors (the paper's Algorithm 1), or "sum-directions",
+    the mean over each view's N anchors summed over the two views (the official code's
+    objective.py add_contrastive_loss: twice the mean; see the module docstring)."""
     import inspect
 
     from fastclr.registry import LOSSES
@@ -140,4 +158,8 @@ def build_loss(name: str, temperature: float, normalize: bool = True, margin: fl
              "semi_hard_negatives": semi_hard_negatives}
     accepted = inspect.signature(fn).parameters
     bound = {k: v for k, v in given.items() if k in accepted}
-    return functools.partial(fn, **bound)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; known: {', '.join(REDUCTIONS)}")
+    if reduction == "mean":
+        return functools.partial(fn, **bound)
+    return functools.partial(_scaled, fn, REDUCTIONS[reduction], **bound)

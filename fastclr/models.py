@@ -114,8 +114,35 @@ class Encoder(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
+class Scale(nn.Module):
+    """A learned per-feature scale (the gamma of a batch norm that has no beta)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+def _output_layer(spec: HeadSpec, in_dim: int) -> list[nn.Module]:
+    """The head's last layer, to z. out_norm "none": Linear with a bias (fastclr's default);
+    "batch": the official code's (model_util.py linear_layer with use_bias=False,
+    use_bn=True): Linear without a bias, then batch norm with a learned scale and no shift
+    (TF's center=False). The scale is a separate module so that the BN conversions (global,
+    grouped) see a plain affine-free BatchNorm1d."""
+    if spec.out_norm == "none":
+        return [nn.Linear(in_dim, spec.out_dim)]
+    if spec.out_norm == "batch":
+        return [nn.Linear(in_dim, spec.out_dim, bias=False),
+                nn.BatchNorm1d(spec.out_dim, affine=False), Scale(spec.out_dim)]
+    raise ValueError(f"unknown head output norm {spec.out_norm!r}; known: none, batch")
+
+
 def nonlinear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
-    """The paper's MLP: (Linear-BN-ReLU) x (layers - 1), then Linear (SimCLRv2: layers = 3)."""
+    """The paper's MLP: (Linear-BN-ReLU) x (layers - 1), then Linear (SimCLRv2: layers = 3);
+    with out_norm "batch" the last Linear loses its bias and gains a BN, as in the official
+    code."""
     hidden = spec.hidden or in_dim
     layers: list[nn.Module] = []
     dim = in_dim
@@ -124,12 +151,15 @@ def nonlinear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
         layers += [nn.Linear(dim, hidden, bias=spec.norm == "none"),
                    NORMS.get(spec.norm)(hidden, 1), nn.ReLU(inplace=True)]
         dim = hidden
-    layers.append(nn.Linear(dim, spec.out_dim))
+    layers += _output_layer(spec, dim)
     return nn.Sequential(*layers)
 
 
 def linear_head(spec: HeadSpec, in_dim: int) -> nn.Module:
-    return nn.Linear(in_dim, spec.out_dim)
+    """Figure 8's linear head; with out_norm "batch", Linear without bias then BN, as the
+    official code's 'linear' head."""
+    layers = _output_layer(spec, in_dim)
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
 def identity_head(spec: HeadSpec, in_dim: int) -> nn.Module:

@@ -25,7 +25,9 @@ IDENTITY_GROUPS = ("augment", "model", "loss", "optim")
 def _opt(default, help: str, group: str, choices=None, identity: bool | None = None, **kw):
     """An option. `identity`: whether it changes what is learned (default: by its group), so
     that a run folder made with one value cannot be resumed with another; `choices` a tuple or
-    a fastclr.registry.Registry."""
+    a fastclr.registry.Registry; `absent`: a function of a saved config (dict) that predates
+    the option, giving the value that was in effect for it where that is not the default
+    (fastclr.config.config_from_dict)."""
     identity = group in IDENTITY_GROUPS if identity is None else identity
     meta = {"help": help, "group": group, "choices": choices, "identity": identity, **kw}
     if isinstance(default, (list, tuple)):
@@ -49,18 +51,61 @@ class Config:
                                   high=4096, identity=True)
     num_workers: int = _opt(2, "DataLoader workers for streamed (folder) data sets; 0-16", "data",
                             low=0, high=16)
+    stream_crop: str = _opt("full", "streamed (folder) sets: full (workers take each view's "
+                            "random resized crop from the full-resolution file, decoded at "
+                            "reduced JPEG scale where the crop allows, as the paper's "
+                            "pipeline does) or square (fastclr's earlier mode: a random largest "
+                            "square at the training size, the crops then taken from it, so "
+                            "small crops are upsampled from at most image_size pixels); the "
+                            "one-branch protocol and --augment without crop need square",
+                            "data", choices=("full", "square"), identity=True,
+                            absent=lambda saved: "square" if _streamed(saved.get("data"))
+                            else "full")
 
     # ---- augmentation (the paper's Section 3 and appendix A) -------------------------------
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "random resized crop: range of the crop's "
-                                           "area as a fraction of the image (paper: 0.08,1; small "
-                                           "images: 0.2,1)", "augment", unit=True)
+                                           "area as a fraction of the image (paper: 0.08,1, on "
+                                           "CIFAR-10 too, appendix B.9; 0.2,1 is later work's "
+                                           "usual choice for small images)", "augment",
+                                           unit=True)
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "random resized crop: aspect ratio "
                                            "range", "augment")
+    crop_sampler: str = _opt("torchvision", "how crop boxes are drawn: torchvision "
+                             "(RandomResizedCrop: area uniform in crop_scale, aspect "
+                             "log-uniform, 10 tries, then a centre crop) or official (the "
+                             "official code's data_util.py crop_and_resize: "
+                             "tf.image.sample_distorted_bounding_box, aspect uniform, height "
+                             "uniform, at least 10% of the image, 100 tries, then the whole "
+                             "image; smaller crops on average, mean area 0.42 against 0.48 of a "
+                             "224-px image at 0.08,1)", "augment",
+                             choices=("torchvision", "official"))
+    crop_interpolation: str = _opt("bilinear", "resize of the crop: bilinear (torchvision's, "
+                                   "antialiased when shrinking) or bicubic (the official "
+                                   "code's tf.image.resize: Keys' cubic, no antialiasing; "
+                                   "streamed sets' loader resizes with torch's antialiased "
+                                   "bicubic)",
+                                   "augment", choices=("bilinear", "bicubic"))
     flip_p: float = _opt(0.5, "probability of a horizontal flip", "augment", prob=True)
     color_strength: float = _opt(0.5, "colour distortion strength s: jitter brightness, contrast "
                                  "and saturation 0.8s, hue 0.2s (paper: 1.0 on ImageNet, 0.5 on "
                                  "CIFAR); 0-2", "augment", low=0.0, high=2.0)
     color_p: float = _opt(0.8, "probability of colour jitter", "augment", prob=True)
+    color_impl: str = _opt("torchvision", "colour jitter's formulas: torchvision (brightness "
+                           "and contrast as factors, contrast around the mean luma, saturation "
+                           "a blend with the luma image); official-v2 (the official code's, "
+                           "data_util.py color_jitter: tf.image's contrast around each "
+                           "channel's mean and saturation scaled in HSV); official-v1 (its "
+                           "first release: brightness a shift of up to +-0.8 s, a much harsher "
+                           "distortion). official-* need colour strength <= 1.25 and run as "
+                           "tensor ops. One-channel data has brightness and contrast only: "
+                           "official-v2 equals torchvision there, official-v1 differs in "
+                           "brightness (docs/fidelity.md)", "augment",
+                           choices=("torchvision", "official-v2", "official-v1"))
+    color_order: str = _opt("fixed", "order of the four jitter ops: fixed (brightness, "
+                            "contrast, saturation, hue; fastclr's, in the C kernel) or random "
+                            "per view (the official code's default, color_jitter_rand, and "
+                            "torchvision's ColorJitter; tensor ops, about four times the "
+                            "colour work)", "augment", choices=("fixed", "random"))
     gray_p: float = _opt(0.2, "probability of random grayscale (RGB data only)", "augment",
                          prob=True)
     blur_p: float = _opt(0.0, "probability of gaussian blur, kernel ~10% of the side (paper: 0.5 "
@@ -112,6 +157,11 @@ class Config:
                              choices=NORMS)
     head_norm: str = _opt("batch", "normalisation layers of the nonlinear head", "model",
                           choices=NORMS)
+    head_out_norm: str = _opt("none", "the head's output layer: none (a Linear with a bias: "
+                              "the paper's g = W2 relu(W1 h), section 2.1) or batch (the "
+                              "official code's, model_util.py linear_layer: a Linear without "
+                              "bias, then batch norm with a scale and no shift on z); also "
+                              "for --head linear", "model", choices=("none", "batch"))
 
     # ---- loss (section 2.1, section 5.1, Tables 2, 4 and 5) ---------------------------------
     objective: str = _opt("simclr", "simclr (the contrastive loss on z) or supervised "
@@ -131,6 +181,14 @@ class Config:
                          low=0.0, high=2.0)
     semi_hard: bool = _opt(False, "semi-hard negative mining for nt-logistic and "
                            "margin-triplet (Table 4; Schroff et al. 2015)", "loss")
+    loss_reduction: str = _opt("mean", "mean: the loss averaged over all 2N anchors (the "
+                               "paper's Algorithm 1); sum-directions: the official code's "
+                               "(objective.py add_contrastive_loss), the mean over each "
+                               "view's anchors summed over the two views, twice the mean: "
+                               "under LARS, biases and BN parameters then take twice the "
+                               "step and weight decay counts half as much against the "
+                               "gradient (docs/fidelity.md)", "loss",
+                               choices=("mean", "sum-directions"))
 
     # ---- optimisation ----------------------------------------------------------------------
     optimizer: str = _opt("lars", "optimiser (lars: the paper's)", "optim", choices=OPTIMIZERS)
@@ -251,6 +309,13 @@ class Config:
         if self.semi_hard and self.loss == "nt-xent":
             raise ConfigError("semi_hard mines negatives for nt-logistic and margin-triplet "
                               "(Table 4); nt-xent weighs every negative by itself")
+        if self.color_impl != "torchvision" and self.color_strength > 1.25:
+            raise ConfigError(f"color_impl {self.color_impl} draws contrast and saturation "
+                              "factors in [1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below "
+                              f"0: color_strength must be <= 1.25, got {self.color_strength}")
+        if self.head_out_norm != "none" and self.head == "none":
+            raise ConfigError("head_out_norm is the last layer of the nonlinear or linear "
+                              "head; with head none there is none")
         if self.bn_groups > 1:
             if "batch" not in (self.encoder_norm, self.head_norm):
                 raise ConfigError("bn_groups splits batch norm statistics, but neither "
@@ -282,6 +347,13 @@ class Config:
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _streamed(data) -> bool:
+    """Whether a data option names a streamed set (textually: config code imports no torch, so
+    no data registry): a folder, an image folder, or the built-in ImageNet."""
+    return isinstance(data, str) and (data.startswith(("folder:", "imagefolder:"))
+                                      or data == "imagenet")
 
 
 def _plain(value):

@@ -131,7 +131,9 @@ LOSSES.declare("margin-triplet", "fastclr.loss:margin_triplet",
 
 PROTOCOLS = Registry("evaluation protocol")
 PROTOCOLS.declare("linear", "fastclr.eval.protocols:run_linear",
-                  "logistic regression (L-BFGS) on frozen h, and on z = g(h) (section 4.2)")
+                  "logistic regression (L-BFGS, L2 tuned) on frozen un-augmented h, and on "
+                  "z = g(h): the paper's transfer protocol (appendix B.8), not its ImageNet "
+                  "linear evaluation")
 PROTOCOLS.declare("knn", "fastclr.eval.protocols:run_knn",
                   "weighted cosine kNN on frozen h (Wu et al. 2018), k = 1, 5, 20, 200")
 PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
@@ -143,7 +145,15 @@ PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
 PROTOCOLS.declare("pca", "fastclr.eval.protocols:run_pca",
                   "linear probes on h compressed by PCA to 2, 4, 8, ... dimensions")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",
-                  "slow: a linear layer by SGD on crop + flip views of the frozen encoder")
+                  "slow: a linear layer by SGD on crop + flip views of the frozen encoder, h "
+                  "standardised by a BN, 5 epochs (fastclr's quick variant of B.6)")
+PROTOCOLS.declare("linear-b6-cpu", "fastclr.eval.protocols:run_linear_b6_cpu",
+                  "slow: the paper's linear evaluation recipe (appendix B.6) cut to 10 epochs, "
+                  "a CPU budget")
+PROTOCOLS.declare("linear-b6", "fastclr.eval.protocols:run_linear_b6",
+                  "slowest, only when named: the paper's linear evaluation (appendix B.6): a "
+                  "linear layer on h, SGD with Nesterov momentum, batch 4096, lr 0.1 x B/256, "
+                  "cosine, no weight decay, crop + flip views, 90 epochs")
 PROTOCOLS.declare("finetune", "fastclr.eval.protocols:run_finetune",
                   "slow: fine-tuning on class-balanced 1% and 10% of the labels (section 6)")
 

@@ -50,6 +50,9 @@ class HeadSpec:
     hidden: int | None = _option(None, "head_hidden")
     out_dim: int = _option(128, "proj_dim")
     norm: str = _option("batch", "head_norm")
+    # the official code's output layer: batch norm with a scale and no shift on z (specs
+    # saved before this field existed load with "none", the head they were trained with)
+    out_norm: str = _option("none", "head_out_norm")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,12 @@ turns (fastclr/augment/extra.py). They are applied in this order: crop+resize, f
 jitter, grayscale, sobel, blur, solarize, noise, cutout, rotate (rotating last is the same as
 right after the flip: quarter turns commute with the ops between; extra.py says why).
 The one deliberate difference: colour jitter applies its four ops in a fixed order
-(brightness, contrast, saturation, hue: the order of `color_jitter_nonrand` in the paper's
-code, whose default, like torchvision's, is a random order per image); see `apply`.
+(brightness, contrast, saturation, hue: the order of the paper's pseudo-code, appendix A, and
+of `color_jitter_nonrand` in its code, whose default, like torchvision's, is a random order
+per image); see `apply`. The official code's choices are options (docs/fidelity.md): its
+jitter (tf.image's formulas, the first release's additive brightness, a random order;
+`colour.jitter`, tensor ops), its crop sampler (tf.image.sample_distorted_bounding_box,
+`params._sample_crops_official`) and bicubic resize (`resample._bicubic_taps`).
 
 Ops are chosen by name (`OPS`, in fastclr.augment.ops, which imports without torch: this
 package imports its modules on first use), and `SimCLRAugment(one_branch=True)` gives

@@ -1,5 +1,6 @@
 """Colour, blur and solarize on float views in [0, 1]: the in-place ops the pipeline runs on
-chunks, and per-op public functions (new tensor out) that tests hold to torchvision."""
+chunks, per-op public functions (new tensor out) that tests hold to torchvision, and the
+official code's colour jitter (`jitter`: tf.image's formulas, a random order) as tensor ops."""
 
 from __future__ import annotations
 
@@ -147,3 +148,80 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 def random_grayscale(x: Tensor, mask: Tensor) -> Tensor:
     """Luma (ITU-R 601-2, as torchvision) in all channels of the RGB views in mask (n,)."""
     return _per_pixel(_grayscale_, x, mask.to(torch.float32)[:, None, None], Workspace())
+
+
+# ---- the official code's colour jitter (docs/fidelity.md) ------------------------------------
+# The official data_util.py color_jitter applies tf.image's random_brightness (v1: additive;
+# v2: a multiplicative factor, as here), random_contrast, random_saturation and random_hue, in
+# a random order per image by default, clipping to [0, 1] after each. Where tf.image differs
+# from torchvision: contrast stretches each channel around its own mean (torchvision: around
+# the mean luma), saturation scales the HSV saturation (torchvision: blends with the luma
+# image). Brightness as a factor and hue are the same maths in both.
+
+def adjust_brightness_shift(x: Tensor, shift: Tensor) -> Tensor:
+    """Additive brightness, clipped: clamp(x + d) with shift (n,) (tf.image.adjust_brightness,
+    the official code's first release)."""
+    return (x + shift[:, None, None, None]).clamp_(0.0, 1.0)
+
+
+def adjust_contrast_tf(x: Tensor, factor: Tensor) -> Tensor:
+    """tf.image.adjust_contrast, clipped: each channel (x - m) c + m around its own spatial
+    mean m; factor (n,). For one channel, the same as torchvision's."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)                                # (n, C, 1, 1)
+    return ((x - mean) * factor[:, None, None, None] + mean).clamp_(0.0, 1.0)
+
+
+def adjust_saturation_tf(x: Tensor, factor: Tensor) -> Tensor:
+    """tf.image.adjust_saturation of RGB (n, 3, H, W), clipped: HSV saturation times factor
+    (n,), clipped to [0, 1], hue and value kept.
+
+    With V = max, C = max - min: keeping H and V, every channel moves along V - x, so the
+    result is V - (V - x) r with r = S' / S = min(f, V / C) (S' clipped at 1).
+    """
+    v = x.amax(dim=1, keepdim=True)                                          # (n, 1, H, W)
+    chroma = v - x.amin(dim=1, keepdim=True)
+    f = factor[:, None, None, None]
+    ratio = torch.minimum(f.expand_as(chroma), v / chroma.clamp(min=1e-30))  # grey: C = 0
+    return (v - (v - x) * ratio).clamp_(0.0, 1.0)
+
+
+def jitter(x: Tensor, p) -> Tensor:
+    """Colour jitter of views x (n, C, H, W) in [0, 1] with the parameters of p (AugmentParams)
+    where p.jitter says, in p.color_order per view (None: brightness, contrast, saturation,
+    hue); tf.image's formulas where p.tf_formulas. A new tensor; views without jitter are
+    returned exactly as they were.
+
+    Batched, a random order computes every op in each of the four slots and keeps it where
+    the view's order has it: four times the work of a fixed order.
+    """
+    rgb = x.shape[1] == 3
+    tf = p.tf_formulas
+
+    def brightness(y):
+        if p.brightness_shift is not None:
+            return adjust_brightness_shift(y, p.brightness_shift)
+        return adjust_brightness(y, p.brightness)
+
+    def contrast(y):
+        return adjust_contrast_tf(y, p.contrast) if tf else adjust_contrast(y, p.contrast)
+
+    def saturation(y):
+        return adjust_saturation_tf(y, p.saturation) if tf else \
+            adjust_saturation(y, p.saturation)
+
+    def hue(y):
+        out = adjust_hue(y, p.hue)
+        return out.clamp_(0.0, 1.0) if tf else out
+
+    ops = (brightness, contrast, saturation, hue) if rgb else (brightness, contrast)
+    applied = p.jitter[:, None, None, None]                                  # (n, 1, 1, 1)
+    y = x
+    if p.color_order is None:
+        for op in ops:
+            y = torch.where(applied, op(y), y)
+        return y
+    for slot in range(4):
+        for k, op in enumerate(ops):
+            pick = applied & (p.color_order[:, slot] == k)[:, None, None, None]
+            y = torch.where(pick, op(y), y)
+    return y

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from fastclr.augment.colour import (_contrast_, _grayscale_, _hue_, _saturation_, gaussian_blur,
-                                    solarize)
+                                    jitter, random_grayscale, solarize)
 from fastclr.augment.extra import add_noise, cutout, rotate_quarters, sobel
 from fastclr.augment.params import AugmentParams
 from fastclr.augment.resample import _resample_rows, _taps
@@ -60,6 +61,10 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
     one view at a time in cache, several times faster than the tensor ops) rather than the
     PyTorch code both devices share. None: the kernel whenever it was built (`NATIVE`).
     The two agree to float rounding (tests/augment/).
+
+    The official code's jitter (params with a random `color_order`, an additive
+    `brightness_shift` or tf.image's formulas) runs as tensor ops on both devices, after crop,
+    resize and flip (which still take the C kernel on CPU): see `colour.jitter`.
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 images (N, 1 or 3, H, W), got {images.dtype} "
@@ -81,10 +86,12 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
             params.noise is not None and params.noise.shape != (n_views, C, S, S)):
         raise ValueError(f"params.noise_std and params.noise go together, the noise "
                          f"{(n_views, C, S, S)} like the views")
+    if _official_colour(params):
+        return _apply_official_colour(images, params, out, workspace, native)
     # Everything per view that does not touch pixels, for all views at once: the 1-D taps
     # (n_views, S, k) of the y and x resampling (row within the image, weight) and colour.
-    y_index, y_weight = _taps(params.top, params.height, H, S, None)
-    x_index, x_weight = _taps(params.left, params.width, W, S, params.flip)
+    y_index, y_weight = _taps(params.top, params.height, H, S, None, params.interpolation)
+    x_index, x_weight = _taps(params.left, params.width, W, S, params.flip, params.interpolation)
     y_weight = y_weight * (1 / 255)                     # uint8 -> [0, 1] ...
     if params.brightness is not None:                   # ... and brightness, for free
         y_weight = y_weight * params.brightness[:, None, None]
@@ -111,6 +118,33 @@ def apply(images: Tensor, params: AugmentParams, *, out: Tensor | None = None,
                          x_index[i:j], x_weight[i:j], {k: v[i:j] for k, v in colour.items()},
                          params.select(slice(i, j)) if _has_spatial_extras(params) else None,
                          out[i:j], ws)
+    return out
+
+
+def _official_colour(p: AugmentParams) -> bool:
+    return p.jitter is not None and (p.color_order is not None or p.tf_formulas
+                                     or p.brightness_shift is not None)
+
+
+# the fields of the ops after crop, resize and flip, all off
+_AFTER_RESAMPLING_OFF = dict(jitter=None, brightness=None, brightness_shift=None, contrast=None,
+                             saturation=None, hue=None, gray=None, color_order=None,
+                             tf_formulas=False, sobel=None, blur_sigma=None, solarize=None,
+                             noise_std=None, noise=None, cutout=None, rotate=None)
+
+
+def _apply_official_colour(images: Tensor, p: AugmentParams, out: Tensor,
+                           workspace: Workspace | None, native: bool | None) -> Tensor:
+    """`apply` with the official code's colour jitter: crop, resize and flip into `out` (the
+    C kernel on CPU where built), then jitter, grayscale and the later ops as tensor ops."""
+    apply(images, replace(p, **_AFTER_RESAMPLING_OFF), out=out, workspace=workspace,
+          native=native)
+    z = jitter(out, p)
+    if p.gray is not None and out.shape[1] == 3:
+        z = random_grayscale(z, p.gray)
+    if _has_spatial_extras(p):
+        z = _spatial_extras(z, p)
+    torch.clamp(z, 0.0, 1.0, out=out)
     return out
 
 

@@ -7,7 +7,10 @@ from torch import Tensor
 
 from fastclr.augment.engine import apply
 from fastclr.augment.ops import check_ops
-from fastclr.augment.params import AugmentParams, cat_params, crop_within, sample_params
+from fastclr.augment.ops import OPS
+from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, CROP_SAMPLERS, AugmentParams,
+                                    CropBoxes, cat_params, crop_within, sample_params)
+from fastclr.augment.resample import INTERPOLATIONS
 from fastclr.augment.workspace import Workspace
 
 
@@ -33,6 +36,16 @@ class SimCLRAugment:
     identity"): the two views of an image share one random crop; the first view is that crop
     alone, the second gets the listed ops on top of it, "crop" being a second random crop of
     the first (see params.crop_within). One-branch views come in pairs (`two_views`).
+
+    `color_impl` and `color_order`: the colour jitter's formulas and order (docs/fidelity.md):
+    torchvision's in a fixed order (the default, the C kernel's), or the official code's
+    ("official-v2": tf.image's contrast and saturation; "official-v1" also an additive
+    brightness), and/or a random order per view ("random", as the official code's default
+    and torchvision's ColorJitter); those run as tensor ops (`colour.jitter`).
+    `crop_sampler` and `crop_interpolation`: torchvision's RandomResizedCrop boxes and
+    antialiased bilinear resize (the defaults), or the official code's
+    tf.image.sample_distorted_bounding_box boxes ("official", params._sample_crops_official)
+    and tf.image.resize's bicubic ("bicubic", resample._bicubic_taps).
     """
 
     def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
@@ -43,6 +56,8 @@ class SimCLRAugment:
                  noise_std: tuple[float, float] = (0.0, 0.1), cutout_p: float = 0.0,
                  cutout_scale: tuple[float, float] = (0.1, 0.5), rotate_p: float = 0.0,
                  ops: tuple[str, ...] | None = None, one_branch: bool = False,
+                 color_impl: str = "torchvision", color_order: str = "fixed",
+                 crop_sampler: str = "torchvision", crop_interpolation: str = "bilinear",
                  native: bool | None = None):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
@@ -63,6 +78,22 @@ class SimCLRAugment:
         if not 0 <= color_strength <= 2.5:
             raise ValueError("color_strength must lie in [0, 2.5] (a hue shift of at most "
                              f"half a turn), got {color_strength}")
+        if color_impl not in COLOR_IMPLS:
+            raise ValueError(f"color_impl must be one of {', '.join(COLOR_IMPLS)}, got "
+                             f"{color_impl!r}")
+        if color_order not in COLOR_ORDERS:
+            raise ValueError(f"color_order must be one of {', '.join(COLOR_ORDERS)}, got "
+                             f"{color_order!r}")
+        if crop_sampler not in CROP_SAMPLERS:
+            raise ValueError(f"crop_sampler must be one of {', '.join(CROP_SAMPLERS)}, got "
+                             f"{crop_sampler!r}")
+        if crop_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"crop_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {crop_interpolation!r}")
+        if color_impl != "torchvision" and color_strength > 1.25:
+            raise ValueError("the official jitter's contrast and saturation factors lie in "
+                             "[1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below 0: "
+                             f"color_strength must be <= 1.25 with it, got {color_strength}")
         if size is not None and size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         self.options = dict(size=size, crop_scale=tuple(crop_scale),
@@ -71,15 +102,18 @@ class SimCLRAugment:
                             blur_p=blur_p, blur_sigma=tuple(blur_sigma), solarize_p=solarize_p,
                             sobel_p=sobel_p, noise_p=noise_p, noise_std=tuple(noise_std),
                             cutout_p=cutout_p, cutout_scale=tuple(cutout_scale),
-                            rotate_p=rotate_p, ops=check_ops(ops))
+                            rotate_p=rotate_p, ops=check_ops(ops), color_impl=color_impl,
+                            color_order=color_order, crop_sampler=crop_sampler,
+                            crop_interpolation=crop_interpolation)
         self.one_branch = bool(one_branch)
         self.native = native            # see `apply`
         self.workspace = Workspace()
 
     @classmethod
     def small_images(cls, **overrides) -> "SimCLRAugment":
-        """CIFAR-like images (<= 64 px): no blur, colour strength 0.5, crop area 0.2..1
-        (paper, Appendix B.9)."""
+        """CIFAR-like images (<= 64 px): no blur and colour strength 0.5 (paper, appendix
+        B.9), crop area 0.2..1 (the common choice of later CIFAR work; B.9 keeps ImageNet's
+        0.08..1)."""
         return cls(**{"crop_scale": (0.2, 1.0), "color_strength": 0.5, "blur_p": 0.0,
                       **overrides})
 
@@ -94,11 +128,28 @@ class SimCLRAugment:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"SimCLRAugment({args}, one_branch={self.one_branch!r})"
 
+    def crop_boxes(self) -> CropBoxes:
+        """This augmentation's random resized crop, for a loader that crops full-resolution
+        files itself (streamed sets); the views of its crops then come from
+        `stacked_views(crops, generator, cropped=True)`."""
+        o = self.options
+        return CropBoxes(o["crop_scale"], o["crop_ratio"], o["crop_sampler"],
+                         o["crop_interpolation"])
+
     def sample_params(self, images: Tensor, generator: torch.Generator,
-                      views: int = 1) -> AugmentParams:
-        """Parameters of `views` views of each image of the batch (view-major order)."""
+                      views: int = 1, cropped: bool = False) -> AugmentParams:
+        """Parameters of `views` views of each image of the batch (view-major order).
+
+        `cropped`: the images are already the random resized crops of the views (from
+        `crop_boxes`), one view each: every op but the crop."""
         _check_generator(images, generator)
         n, C, H, W = images.shape
+        if cropped:
+            if self.one_branch or views != 1:
+                raise ValueError("cropped images take one view each, and not one_branch "
+                                 "(whose second crop lies inside the first)")
+            ops = [op for op in (self.options["ops"] or OPS) if op != "crop"]
+            return sample_params(generator, n, H, W, C, **{**self.options, "ops": ops})
         if not self.one_branch:
             return sample_params(generator, views * n, H, W, C, **self.options)
         if views != 2:
@@ -135,9 +186,18 @@ class SimCLRAugment:
 
     def stacked_views(self, images: Tensor, generator: torch.Generator, *,
                       out: Tensor | None = None,
-                      memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+                      memory_format: torch.memory_format = torch.contiguous_format,
+                      cropped: bool = False) -> Tensor:
         """The two views of each image as one (2N, C, S, S) tensor: rows i and N + i are the
-        two views of image i, ready for one forward pass of the encoder."""
+        two views of image i, ready for one forward pass of the encoder.
+
+        `cropped`: `images` (2N, C, S, S) are already the two random resized crops of each
+        image in that order (a streamed set's loader took them from the full-resolution
+        files with `crop_boxes`); the rest of the augmentation is applied to each."""
+        if cropped:
+            params = self.sample_params(images, generator, cropped=True)
+            return apply(images, params, out=out, memory_format=memory_format,
+                         workspace=self.workspace, native=self.native)
         params = self.sample_params(images, generator, views=2)
         return apply(images, params, out=out, memory_format=memory_format,
                      workspace=self.workspace, native=self.native)

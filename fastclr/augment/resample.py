@@ -1,7 +1,8 @@
 """Crop + resize + flip as two 1-D resamplings (rows, then columns), batched over views.
 
-The weights are torchvision's resize (antialiased bilinear); each output row is a weighted sum
-of whole input rows gathered with index_select, so the cost is memcpy-like.
+The weights are torchvision's resize (antialiased bilinear), or the official code's bicubic
+(`_bicubic_taps`); each output row is a weighted sum of whole input rows gathered with
+index_select, so the cost is memcpy-like.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from torch import Tensor
 from fastclr.augment.workspace import Workspace
 
 
-def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None):
+INTERPOLATIONS = ("bilinear", "bicubic")
+KEYS_A = -0.5         # Keys' cubic convolution parameter, as TensorFlow's half-pixel bicubic
+TF_CUBIC_TABLE = 1024  # TensorFlow looks the cubic weights up at this many steps per pixel
+
+
+def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None,
+          interpolation: str = "bilinear"):
     """1-D resampling of [start, start + length) to out_size samples: (index, weight) (n, S, k).
 
     index is the input row (or column) of each tap, weight its float32 weight. The weights
@@ -21,6 +28,11 @@ def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tens
     the crop so that borders clamp to the crop's edge, as resizing the cropped image does;
     when shrinking, the filter widens by the scale factor (the antialiasing) and k grows.
     """
+    if interpolation == "bicubic":
+        return _bicubic_taps(start, length, out_size, flip)
+    if interpolation != "bilinear":
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                         f"{interpolation!r}")
     dev = start.device
     length = length.to(torch.float32)[:, None]                                     # (n, 1)
     scale = length / out_size
@@ -47,6 +59,34 @@ def _taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tens
     w = w / w.sum(-1, keepdim=True)
     index = torch.minimum(j, length[..., None] - 1).long() + start[:, None, None]
     if flip is not None:     # a flipped view reads its output pixels right to left
+        index = torch.where(flip[:, None, None], index.flip(1), index)
+        w = torch.where(flip[:, None, None], w.flip(1), w)
+    return index, w
+
+
+def _bicubic_taps(start: Tensor, length: Tensor, out_size: int, flip: Tensor | None):
+    """The official code's resize (tf2/data_util.py crop_and_resize: tf.image.resize with
+    method BICUBIC, i.e. TensorFlow's resize_bicubic with half-pixel centres): Keys' cubic
+    (a = -0.5) over the 4 input pixels around each output pixel's centre, the offset rounded
+    to 1/1024 of a pixel as TensorFlow's weight table is, taps outside the crop dropped and
+    the others renormalised; no antialiasing when shrinking. (index, weight) (n, S, 4)."""
+    dev = start.device
+    length = length.to(torch.float32)[:, None]                                     # (n, 1)
+    src = (torch.arange(out_size, device=dev, dtype=torch.float32) + 0.5) * (
+        length / out_size) - 0.5                                                   # (n, S)
+    base = torch.floor(src)
+    t = torch.round((src - base) * TF_CUBIC_TABLE) / TF_CUBIC_TABLE
+    offsets = torch.arange(-1.0, 3.0, device=dev)                                  # (4,)
+    j = base[..., None] + offsets                                                  # (n, S, 4)
+    d = (t[..., None] - offsets).abs()
+    a = KEYS_A
+    near = ((a + 2) * d - (a + 3)) * d * d + 1                                     # d <= 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a                                # 1 < d < 2
+    w = torch.where(d <= 1, near, torch.where(d < 2, far, 0.0))
+    w = torch.where((j >= 0) & (j <= length[..., None] - 1), w, 0.0)
+    w = w / w.sum(-1, keepdim=True)
+    index = torch.minimum(j.clamp(min=0.0), length[..., None] - 1).long() + start[:, None, None]
+    if flip is not None:
         index = torch.where(flip[:, None, None], index.flip(1), index)
         w = torch.where(flip[:, None, None], w.flip(1), w)
     return index, w
@@ -93,15 +133,17 @@ def _resample_rows(rows: Tensor, first: Tensor, index: Tensor, weight: Tensor, o
 
 
 def resized_crop(images: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor,
-                 size: int, flip: Tensor | None = None) -> Tensor:
+                 size: int, flip: Tensor | None = None, interpolation: str = "bilinear"
+                 ) -> Tensor:
     """Crop box (top, left, height, width) (n,) of uint8 images (n, C, H, W), resize to
-    size x size (bilinear, antialiased when shrinking), flip where flip (n,) is True;
-    float32 (n, C, size, size) in [0, 1]."""
+    size x size (bilinear, antialiased when shrinking; or the official bicubic), flip where
+    flip (n,) is True; float32 (n, C, size, size), in [0, 1] for bilinear (bicubic can
+    overshoot a little, as TensorFlow's does; the pipeline clips it)."""
     n, C, H, W = images.shape
     dev, ws = images.device, Workspace()
     plane = torch.arange(n * C, device=dev).view(n, C, 1)
-    y_index, y_weight = _taps(top, height, H, size, None)
-    x_index, x_weight = _taps(left, width, W, size, flip)
+    y_index, y_weight = _taps(top, height, H, size, None, interpolation)
+    x_index, x_weight = _taps(left, width, W, size, flip, interpolation)
     rows = _resample_rows(images.reshape(n * C * H, W), plane * H, y_index, y_weight / 255,
                           torch.empty(n, C, size, W, device=dev), ws)
     rows_t = rows.transpose(-1, -2).reshape(n * C * W, size)

@@ -91,6 +91,66 @@ def decode_square(path: str | Path, size: int, rng: np.random.Generator | None =
     return np.array(out)  # (S, S, 3) uint8, writable
 
 
+# EXIF orientations that swap width and height (rotations by a quarter turn)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened, not yet decoded image as `to_rgb` will orient it."""
+    w, h = img.size
+    orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def decode_crops(path: str | Path, size: int, boxes, interpolation: str = "bilinear",
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Random resized crops of one file, taken from the full-resolution image: uint8
+    (k, 3, size, size), written into `out` if given.
+
+    `boxes(height, width)` gives the k crop boxes (top, left, h, w) in the pixels of the
+    oriented image, from its header, before any pixel is decoded. A JPEG is then decoded at
+    the smallest DCT scale (1/2, 1/4 or 1/8, PIL's draft mode) that still leaves every box
+    at least `size` pixels a side, so a crop is never resampled from fewer pixels than the
+    file has for it up to the output size (at a reduced scale a box's edges round to the
+    nearest decoded pixel). Each box is cropped, then resized to size x size with torch's
+    antialiased bilinear (or bicubic) resize of uint8 images: the crop's edges clamp, as
+    torchvision's resized crop and fastclr's own (fastclr.augment.resample) do, and it runs
+    about twice as fast as PIL's.
+    """
+    with Image.open(path) as img:
+        width, height = oriented_size(img)
+        return crop_opened(img, width, height, boxes(height, width), size, interpolation, out)
+
+
+def crop_opened(img: Image.Image, width: int, height: int, crops, size: int,
+                interpolation: str = "bilinear", out: np.ndarray | None = None) -> np.ndarray:
+    """`decode_crops` of an opened, not yet decoded image of oriented size width x height
+    (`oriented_size`), with its boxes already drawn."""
+    if img.format == "JPEG":
+        # the largest power-of-two reduction every crop affords, at most 8
+        slack = min(min(h, w) for _, _, h, w in crops) // size
+        reduce = 1
+        while reduce < 8 and 2 * reduce <= slack:
+            reduce *= 2
+        if reduce > 1:
+            w, h = img.size
+            img.draft("RGB", (-(-w // reduce), -(-h // reduce)))
+    img.load()
+    img = to_rgb(img)
+    pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]   # (1, 3, H', W') view
+    sx, sy = img.width / width, img.height / height                    # 1 unless reduced
+    if out is None:
+        out = np.empty((len(crops), 3, size, size), dtype=np.uint8)
+    views = torch.from_numpy(out)
+    for k, (top, left, h, w) in enumerate(crops):
+        t0, l0 = round(top * sy), round(left * sx)
+        t1, l1 = max(t0 + 1, round((top + h) * sy)), max(l0 + 1, round((left + w) * sx))
+        view = F.interpolate(pixels[:, :, t0:t1, l0:l1], size=(size, size), mode=interpolation,
+                             align_corners=False, antialias=True)          # (1, 3, S, S) uint8
+        views[k].copy_(view[0])
+    return out
+
+
 def decode_many(paths: Sequence[Path], size: int, threads: int | None = None):
     """Decode files with `decode_square` (centred) into uint8 (N, 3, size, size).
 

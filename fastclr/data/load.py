@@ -160,11 +160,13 @@ def load_pretrain(name: str, data_dir=None, download: bool = False,
 
 def pretrain_batches(pretrain: Pretrain, batch_size: int, seed: int, rank: int = 0,
                      world_size: int = 1, device: torch.device | str = "cpu",
-                     num_workers: int = 2) -> InMemoryBatches | StreamingBatches:
-    """The batch source of a run: images moved to the device once, or files streamed."""
+                     num_workers: int = 2, crops=None) -> InMemoryBatches | StreamingBatches:
+    """The batch source of a run: images moved to the device once, or files streamed (with
+    `crops`, a fastclr.augment CropBoxes, as the views' crops from the full-resolution files;
+    see StreamingBatches)."""
     if pretrain.streamed:
         return StreamingBatches(pretrain.index, pretrain.shape[-1], batch_size, seed, rank,
-                                world_size, device, num_workers)
+                                world_size, device, num_workers, crops)
     return InMemoryBatches(pretrain.images.to(device), batch_size, seed, rank, world_size)
 
 

@@ -5,9 +5,11 @@ appendix B.
   here runs inside `frozen(encoder)`, which proves afterwards that no weight and no BN statistic
   moved: a "linear evaluation" that quietly fine-tunes the backbone is the classic bug.
 - The linear probe is multinomial logistic regression on those cached features, fitted with
-  L-BFGS and an L2 penalty chosen on a held-out part of the training set (appendix B.5 does
-  the same for its transfer tasks). `linear_probe_augmented` instead trains a linear layer by
-  SGD on random crop + flip views, as the paper's ImageNet linear evaluation does.
+  L-BFGS and an L2 penalty chosen on a held-out part of the training set: the paper's
+  protocol for its transfer tasks (appendix B.8 of the arXiv version), not its ImageNet
+  linear evaluation. `linear_probe_augmented` trains a linear layer by SGD on random
+  crop + flip views instead: with `standardize=False` and the paper's batch, learning rate
+  and epochs, that is the linear evaluation of appendix B.6 (protocols.py, linear-b6).
 - The kNN classifier is the weighted vote of Wu et al. (2018): cosine similarity, the k nearest
   training features, each voting with exp(sim / T).
 - `OnlineProbe` is the linear classifier the official SimCLR code trains during pretraining on
@@ -142,7 +144,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def cosine_lr(step: int, total: int, peak: float) -> float:
-    """Cosine decay from `peak` at step 0 to 0 at `total`, no warmup (appendix B.5)."""
+    """Cosine decay from `peak` at step 0 to 0 at `total`, no warmup (appendix B.5 says no
+    warmup; the cosine is the official code's learning_rate_schedule)."""
     return 0.5 * peak * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
@@ -150,16 +153,20 @@ def linear_probe_augmented(encoder: nn.Module, train_images: torch.Tensor,
                            train_labels: torch.Tensor, test_images: torch.Tensor,
                            test_labels: torch.Tensor, augment, epochs: int = 5,
                            batch_size: int = 256, base_lr: float = 0.1, seed: int = 0,
-                           device: torch.device | str = "cpu", eval_batch_size: int = 512) -> dict:
+                           device: torch.device | str = "cpu", eval_batch_size: int = 512,
+                           standardize: bool = True) -> dict:
     """Linear evaluation with augmentation: a linear layer trained by SGD on random crop + flip
     views of the frozen encoder's h, scored on un-augmented test images (top-1, top-5).
 
-    As the paper's ImageNet linear evaluation (appendix B, official code): Nesterov momentum
-    0.9, lr base_lr x B/256 with cosine decay and no warmup, no weight decay, logits layer
-    initialised to zero. One addition: a BatchNorm without affine parameters in front of the
-    layer standardises h (as MAE's linear probing does); it is still a linear classifier of h,
-    and it makes a few CPU epochs enough. `augment(uint8 batch, generator)` gives the float
-    views; build it with colour, grayscale and blur off.
+    As the paper's ImageNet linear evaluation (appendix B.6, and the official code's
+    fine_tune_after_block=4 run): Nesterov momentum 0.9, lr base_lr x B/256 with cosine decay
+    and no warmup, no weight decay, logits layer initialised to zero, the encoder in eval mode
+    (its BN statistics frozen). `standardize` adds one thing the paper does not have: a
+    BatchNorm without affine parameters in front of the layer standardises h (as MAE's linear
+    probing does); it is still a linear classifier of h, and it makes a few CPU epochs enough.
+    Batches larger than `eval_batch_size` go through the encoder in chunks of that size.
+    `augment(uint8 batch, generator)` gives the float views; build it with colour, grayscale
+    and blur off.
     """
     device = torch.device(device)
     num_classes = int(train_labels.max()) + 1
@@ -173,10 +180,11 @@ def linear_probe_augmented(encoder: nn.Module, train_images: torch.Tensor,
     labels = train_labels.to(device)
     with frozen(encoder):
         feat_dim = extract_features(encoder, train_images[:2], 2, device).shape[1]
-        probe = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False),
-                              nn.Linear(feat_dim, num_classes)).to(device)
-        nn.init.zeros_(probe[1].weight)
-        nn.init.zeros_(probe[1].bias)
+        layer = nn.Linear(feat_dim, num_classes)
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        probe = (nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False), layer) if standardize
+                 else nn.Sequential(layer)).to(device)
         opt = torch.optim.SGD(probe.parameters(), lr=peak, momentum=0.9, nesterov=True,
                               weight_decay=0.0)
         step = 0
@@ -186,7 +194,11 @@ def linear_probe_augmented(encoder: nn.Module, train_images: torch.Tensor,
                 idx = perm[i * batch_size: (i + 1) * batch_size]
                 with torch.no_grad(), autocast_for(device):
                     views = augment(train_images[idx].to(device), view_gen)  # (B, C, S, S)
-                    h = encoder(views).float()  # (B, feat_dim); no graph into the encoder
+                    if batch_size <= eval_batch_size:
+                        h = encoder(views).float()  # (B, feat_dim); no graph into the encoder
+                    else:
+                        h = torch.cat([encoder(views[j: j + eval_batch_size]).float()
+                                       for j in range(0, batch_size, eval_batch_size)])
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(step, total, peak)
                 loss = F.cross_entropy(probe(h), labels[idx.to(device)])

@@ -22,6 +22,11 @@ from fastclr.models import build_encoder
 
 KNN_KS = (1, 5, 20, 200)
 LINEAR_AUG_EPOCHS = 5  # the paper trains 90 on ImageNet; 5 x 60k views fit a CPU budget
+# The paper's linear evaluation (appendix B.6): as its fine-tuning (B.5: Nesterov momentum,
+# batch 4096, crop + flip, no regularisation, no warmup) with lr 0.1 x B/256 for 90 epochs;
+# linear-b6-cpu is the same recipe cut to 10 epochs, what a CPU affords
+B6_EPOCHS, B6_CPU_EPOCHS = 90, 10
+B6_BATCH, B6_BASE_LR = 4096, 0.1
 FINETUNE_BATCH = 128  # the paper's 4096 scaled down for a CPU; lr follows 0.05 x B/256
 DIAGNOSTIC_IMAGES = 2048
 MAP_IMAGES = 2000
@@ -39,10 +44,12 @@ def random_init_like(encoder: nn.Module, seed: int) -> nn.Module:
 
 def crop_flip_augment(cfg) -> SimCLRAugment:
     """The light augmentation of linear evaluation and fine-tuning: the run's random resized
-    crop and horizontal flip, no colour, grayscale or blur (appendix B.5)."""
+    crop (its sampler and resize too) and horizontal flip, no colour, grayscale or blur
+    (appendix B.5)."""
     return SimCLRAugment(size=cfg.image_size, crop_scale=cfg.crop_scale,
                          crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p, color_p=0.0, gray_p=0.0,
-                         blur_p=0.0)
+                         blur_p=0.0, crop_sampler=cfg.crop_sampler,
+                         crop_interpolation=cfg.crop_interpolation)
 
 
 class Session:
@@ -183,6 +190,30 @@ def run_linear_aug(s: Session) -> dict:
                                  eval_batch_size=cfg.eval_batch_size)
     return {"linear_aug_top1": res["top1"], "linear_aug_top5": res["top5"],
             "linear_aug_epochs": res["epochs"], "linear_aug_lr": res["lr"]}
+
+
+def _linear_b6(s: Session, epochs: int, key: str) -> dict:
+    """The paper's linear evaluation (appendix B.6) for `epochs`: a plain linear layer on h,
+    zero-initialised, SGD with Nesterov momentum at 0.1 x B/256 (B = 4096, or the whole
+    training set if smaller) decayed by a cosine, no weight decay, crop + flip views, the
+    frozen encoder in eval mode; scored on the un-augmented test images."""
+    cfg = s.cfg
+    res = linear_probe_augmented(s.encoder, s.train.images, s.train.labels, s.test.images,
+                                 s.test.labels, crop_flip_augment(cfg), epochs=epochs,
+                                 batch_size=B6_BATCH, base_lr=B6_BASE_LR, seed=s.seed,
+                                 device=s.device, eval_batch_size=cfg.eval_batch_size,
+                                 standardize=False)
+    return {f"{key}_top1": res["top1"], f"{key}_top5": res["top5"],
+            f"{key}_epochs": res["epochs"], f"{key}_batch_size": res["batch_size"],
+            f"{key}_lr": res["lr"]}
+
+
+def run_linear_b6(s: Session) -> dict:
+    return _linear_b6(s, B6_EPOCHS, "linear_b6")
+
+
+def run_linear_b6_cpu(s: Session) -> dict:
+    return _linear_b6(s, B6_CPU_EPOCHS, "linear_b6_cpu")
 
 
 def run_finetune(s: Session) -> dict:

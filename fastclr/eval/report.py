@@ -18,25 +18,37 @@ def _pct(report: dict, key: str) -> str:
     return f"{100 * report[key]:.2f}%" if isinstance(report.get(key), (int, float)) else "-"
 
 
+def _epochs(report: dict, key: str, default) -> str:
+    return str(report.get(f"{key}_epochs", default))
+
+
 def format_report(report: dict) -> str:
-    """A readable summary of report.json (whatever protocols it holds)."""
+    """A readable summary of report.json (whatever protocols it holds). Every number is named
+    by its protocol: "linear" is the L-BFGS probe on un-augmented features (the paper's
+    transfer protocol, appendix B.8), linear-b6 the paper's linear evaluation (B.6)."""
     lines = []
-    rows = [("trained encoder, h", "linear_top1", "linear_top5", "knn_top1"),
-            ("trained encoder, z = g(h)", "linear_z_top1", "linear_z_top5", "knn_z_top1"),
-            ("linear on crop+flip views, h", "linear_aug_top1", "linear_aug_top5", None),
-            ("random-init encoder, h", "random_init_linear_top1", None, "random_init_knn_top1"),
-            ("raw pixels", "pixels_linear_top1", None, "pixels_knn_top1")]
+    rows = [("h: L-BFGS probe (linear, B.8)", "linear_top1", "linear_top5", "knn_top1"),
+            ("z = g(h): L-BFGS probe (linear)", "linear_z_top1", "linear_z_top5", "knn_z_top1"),
+            (f"h: B.6, {_epochs(report, 'linear_b6', 90)} epochs (linear-b6)",
+             "linear_b6_top1", "linear_b6_top5", None),
+            (f"h: B.6 recipe, {_epochs(report, 'linear_b6_cpu', 10)} epochs "
+             "(linear-b6-cpu)", "linear_b6_cpu_top1", "linear_b6_cpu_top5", None),
+            (f"h: SGD+BN, {_epochs(report, 'linear_aug', 5)} epochs (linear-aug)",
+             "linear_aug_top1", "linear_aug_top5", None),
+            ("random-init encoder h: L-BFGS", "random_init_linear_top1", None,
+             "random_init_knn_top1"),
+            ("raw pixels: L-BFGS", "pixels_linear_top1", None, "pixels_knn_top1")]
     if any(r[1] in report for r in rows):
-        lines.append(f"{'':30}{'linear top-1':>13}{'linear top-5':>13}{'kNN top-1':>11}")
+        lines.append(f"{'':40}{'top-1':>9}{'top-5':>9}{'kNN top-1':>11}")
         for label, top1, top5, knn in rows:
             if top1 in report or (knn and knn in report):
-                lines.append(f"{label:30}{_pct(report, top1):>13}"
-                             f"{_pct(report, top5) if top5 else '-':>13}"
+                lines.append(f"{label:40}{_pct(report, top1):>9}"
+                             f"{_pct(report, top5) if top5 else '-':>9}"
                              f"{_pct(report, knn) if knn else '-':>11}")
         if "linear_z_top1" in report and "linear_top1" in report:
             gap = 100 * (report["linear_top1"] - report["linear_z_top1"])
-            lines.append(f"h - z (linear): {gap:+.2f} points (paper, section 4.2: h beats z "
-                         "by more than 10)")
+            lines.append(f"h - z (L-BFGS probe): {gap:+.2f} points (paper, section 4.2: h beats "
+                         "z by more than 10)")
     if "knn_table" in report:
         cells = "  ".join(f"k={k}: {100 * v:.2f}%" for k, v in report["knn_table"].items())
         lines.append(f"kNN on h (cosine, weighted, T={report.get('knn_temperature', 0.1):g}): "

@@ -40,22 +40,26 @@ def forward_step(forward: nn.Module, augment: SimCLRAugment, images: torch.Tenso
                  generator: torch.Generator, loss_fn: Callable | None, world_size: int = 1,
                  autocast: bool = False, views: torch.Tensor | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format,
-                 labels: torch.Tensor | None = None
+                 labels: torch.Tensor | None = None, cropped: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward half of a step (SimCLR algorithm 1): uint8 images (n, C, H, W) -> two random
     views each -> f and g on all 2n in one forward -> the loss over the global batch
     (`loss_fn(z1, z2, distributed)`, see fastclr.loss.build_loss; None: the supervised
     objective, cross-entropy of both views against `labels`).
 
+    `cropped`: `images` holds both views' crops already (rows i and n + i, a streamed set's
+    batch), and the augmentation does the rest to each.
+
     Returns the loss, a bool tensor "skip this step" (the loss is not finite on some process),
     h (2n, feat_dim) and the views (2n, C, S, S), `views` if given. `Run.train_step` and the
     Lightning module (fastclr.lightning) both call it.
     """
     # (2n, C, S, S) in fp32: rows i and n + i are two views of image i, one forward for both
-    x = augment.stacked_views(images, generator, out=views, memory_format=memory_format)
+    x = augment.stacked_views(images, generator, out=views, memory_format=memory_format,
+                              **({"cropped": True} if cropped else {}))
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         h, z = forward(x)  # (2n, feat_dim), (2n, proj_dim) or (2n, classes)
-        n = len(images)
+        n = len(x) // 2
         if loss_fn is None:  # supervised: both views of each image carry its label
             loss = F.cross_entropy(z.float(), torch.cat([labels, labels]))
         else:
@@ -121,17 +125,18 @@ class Run:
         self.guard.save()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         # the views are written into the same buffer every step (fresh pages cost more than
-        # the maths)
+        # the maths). A streamed set's batch may hold both views' crops already
+        # (StreamingBatches), and the augmentation then does the rest to each
         loss, bad, h, self.views = forward_step(
             self.forward, self.augment, images, self.generator, self.loss, self.ctx.world_size,
-            self.autocast, self.views, fmt, labels)
+            self.autocast, self.views, fmt, labels, cropped=self.batches.cropped)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.guard.restore_if(bad)
         if self.probe is not None and labels is not None:
-            self.probe.step(h[:len(images)], labels, bad)  # first view's h, detached inside
+            self.probe.step(h[:len(h) // 2], labels, bad)  # first view's h, detached inside
         return loss.detach(), bad
 
 
@@ -159,14 +164,22 @@ def build_run(cfg: Config, ctx: distributed.Context, pretrain: Pretrain) -> Run:
         forward = torch.compile(forward)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.weight_decay, cfg.momentum,
                                 cfg.trust_coefficient)
+    augment = augment_from_config(cfg, pretrain.shape[0])
+    crops = None
+    if pretrain.streamed and cfg.stream_crop == "full":
+        if cfg.one_branch or "crop" not in (cfg.augment_ops or ("crop",)):
+            raise ConfigError("stream_crop full takes each view's crop in the loader; the "
+                              "one-branch protocol and --augment without crop need "
+                              "--stream-crop square")
+        crops = augment.crop_boxes()
     batches = pretrain_batches(pretrain, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size,
-                               ctx.device, cfg.num_workers)
+                               ctx.device, cfg.num_workers, crops)
     total = cfg.epochs * batches.steps_per_epoch
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     precision = cfg.precision if cfg.precision != "auto" else (
         "bf16" if ctx.device.type == "cuda" else "fp32")
     loss = loss_from_config(cfg)
-    return Run(cfg, ctx, model, forward, optimizer, augment_from_config(cfg, pretrain.shape[0]), batches, total,
+    return Run(cfg, ctx, model, forward, optimizer, augment, batches, total,
                warmup, peak_lr(cfg.lr_rule, cfg.batch_size, cfg.base_lr),
                torch.Generator(ctx.device), precision == "bf16", BufferGuard(model),
                channels_last, loss)
@@ -176,7 +189,8 @@ def loss_from_config(cfg: Config) -> Callable | None:
     """The run's loss (z1, z2, distributed) -> scalar; None for the supervised objective."""
     if cfg.objective == "supervised":
         return None
-    return build_loss(cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard)
+    return build_loss(cfg.loss, cfg.temperature, cfg.l2_norm, cfg.margin, cfg.semi_hard,
+                      cfg.loss_reduction)
 
 
 def supervised_classes(cfg: Config, pretrain: Pretrain) -> int | None:

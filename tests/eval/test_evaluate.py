@@ -394,14 +394,19 @@ def test_eval_cli_runs_the_protocols_on_a_checkpoint(small_fashion_dir, tmp_path
     out = tmp_path / "eval-ckpt"
     report = json.loads((out / "report.json").read_text())
     for key in ("linear_top1", "linear_z_top1", "knn_top1", "knn_z_top1", "linear_aug_top1",
-                "finetune_1pct_top1", "finetune_10pct_top1", "contrastive_top1_z"):
+                "linear_b6_cpu_top1", "finetune_1pct_top1", "finetune_10pct_top1",
+                "contrastive_top1_z"):
         assert 0 <= report[key] <= 1, key
+    # B.6's recipe: batch 4096 (here the whole 40-image set), lr 0.1 x B/256, 10 epochs
+    assert report["linear_b6_cpu_batch_size"] == 40 and report["linear_b6_cpu_epochs"] == 10
+    assert report["linear_b6_cpu_lr"] == pytest.approx(0.1 * 40 / 256)
+    assert "linear_b6_top1" not in report       # the 90-epoch protocol runs only when named
     assert 1 <= report["effective_rank_h"] <= report["feature_dim"]
     assert report["finetune_1pct_images"] == 10  # 40 images: at least 1 of each class
     assert set(report["knn_table"]) == {"1", "5", "20", "200"}
     assert report["plots"] == ["embedding_map.png", "nearest_neighbours.png"]  # no metrics
     assert all(_is_png(out / name) for name in report["plots"])
-    assert "h - z (linear)" in capsys.readouterr().out
+    assert "h - z (L-BFGS probe)" in capsys.readouterr().out
     # a later run of one protocol keeps the others' entries for the same weights
     assert main(args + ["--protocol", "knn"]) == 0
     again = json.loads((out / "report.json").read_text())
@@ -411,7 +416,8 @@ def test_eval_cli_runs_the_protocols_on_a_checkpoint(small_fashion_dir, tmp_path
 
 def test_parse_protocols():
     assert parse_protocols(None) == FAST
-    assert parse_protocols("all") == PROTOCOLS.names()
+    assert parse_protocols("all") == tuple(p for p in PROTOCOLS if p != "linear-b6")
+    assert parse_protocols("linear-b6,linear") == ("linear", "linear-b6")
     assert parse_protocols("finetune, knn") == ("knn", "finetune")
     with pytest.raises(ConfigError, match="unknown protocol"):
         parse_protocols("linear,svm")
@@ -432,8 +438,14 @@ def test_format_report_shows_what_is_there():
               "seconds": {"linear": 3.0}}
     text = format_report(report)
     assert "80.00%" in text and "60.00%" in text and "+20.00 points" in text
+    assert "h: L-BFGS probe (linear, B.8)" in text and "linear-b6" not in text
     assert "k=200: 75.00%" in text and "1% of the labels (600 images" in text
     assert "random-init" not in text
+    text = format_report({"linear_b6_cpu_top1": 0.7, "linear_b6_cpu_top5": 0.95,
+                          "linear_b6_cpu_epochs": 10, "linear_b6_top1": 0.72,
+                          "linear_b6_top5": 0.96, "linear_b6_epochs": 90})
+    assert "h: B.6, 90 epochs (linear-b6)" in text and "72.00%" in text
+    assert "h: B.6 recipe, 10 epochs (linear-b6-cpu)" in text and "70.00%" in text
 
 
 # ---- pictures ----------------------------------------------------------------------------------
