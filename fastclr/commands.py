@@ -62,6 +62,9 @@ def cmd_eval(args) -> int:
                                      require_labels)
     from fastclr.eval.weights import load_weights
 
+    from fastclr.train.runfolder import setup_logging
+
+    setup_logging(None, True)  # unreadable files of the splits are named in the log
     _set_threads(args.threads)
     protocols = parse_protocols(args.protocol)
     if args.no_baselines:

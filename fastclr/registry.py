@@ -133,7 +133,8 @@ PROTOCOLS = Registry("evaluation protocol")
 PROTOCOLS.declare("linear", "fastclr.eval.protocols:run_linear",
                   "logistic regression (L-BFGS) on frozen h, and on z = g(h) (section 4.2)")
 PROTOCOLS.declare("knn", "fastclr.eval.protocols:run_knn",
-                  "weighted cosine kNN on frozen h (Wu et al. 2018), k = 1, 5, 20, 200")
+                  "weighted cosine kNN on frozen h (Wu et al. 2018), k = 1, 5, 20, 200; the "
+                  "headline k is knn_k unless a class has fewer training images")
 PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
                   "linear and kNN of a random-init encoder and of raw pixels")
 PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",

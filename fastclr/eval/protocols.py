@@ -15,12 +15,14 @@ from fastclr.data import ImageSet
 from fastclr.eval.diagnostics import diagnose
 from fastclr.eval.features import extract_features, frozen, pixel_features, project
 from fastclr.eval.finetune import PAPER_EPOCHS, balanced_subset, finetune
-from fastclr.eval.probes import (evaluate_encoder, evaluate_features, knn_table, knn_top1,
-                                 linear_probe, linear_probe_augmented, nearest_neighbours)
+from fastclr.eval.cache import baselines_key, cached
+from fastclr.eval.probes import (KNN_KS, choose_knn_k, evaluate_encoder, evaluate_features,
+                                 knn_table, knn_top1, linear_probe, linear_probe_augmented,
+                                 nearest_neighbours)
 from fastclr.eval.weights import Weights
 from fastclr.models import build_encoder
+from fastclr.spec import encoder_spec_dict
 
-KNN_KS = (1, 5, 20, 200)
 LINEAR_AUG_EPOCHS = 5  # the paper trains 90 on ImageNet; 5 x 60k views fit a CPU budget
 FINETUNE_BATCH = 128  # the paper's 4096 scaled down for a CPU; lr follows 0.05 x B/256
 DIAGNOSTIC_IMAGES = 2048
@@ -59,6 +61,7 @@ class Session:
         self.device, self.out_dir, self.seed = torch.device(device), out_dir, seed
         self._h: tuple[torch.Tensor, torch.Tensor] | None = None
         self._z: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._knn_k: tuple[int, str | None] | None = None
 
     def h(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen-encoder h of the train and test images: (N_train, D), (N_test, D)."""
@@ -71,6 +74,15 @@ class Session:
                            extract_features(self.encoder, self.test.images, bs, self.device,
                                             size))
         return self._h
+
+    def knn_k(self) -> tuple[int, str | None]:
+        """The headline k of kNN, and why when it is not the config's (a class has fewer
+        training images than k): see probes.choose_knn_k. Every kNN row uses it."""
+        if self._knn_k is None:
+            h_train, _ = self.h()
+            self._knn_k = choose_knn_k(h_train, self.train.labels, self.cfg.knn_k,
+                                       self.cfg.knn_temperature, seed=self.seed)
+        return self._knn_k
 
     def z(self) -> tuple[torch.Tensor, torch.Tensor]:
         """z = g(h) of the train and test images, with the frozen head."""
@@ -115,10 +127,10 @@ def run_pca(s: Session) -> dict:
 
 def run_knn(s: Session) -> dict:
     h_train, h_test = s.h()
-    k, temp = s.cfg.knn_k, s.cfg.knn_temperature
+    (k, why), temp = s.knn_k(), s.cfg.knn_temperature
     table = knn_table(h_train, s.train.labels, h_test, s.test.labels,
                       sorted(set(KNN_KS) | {k}), temp)
-    out = {"knn_top1": table[k], "knn_k": k, "knn_temperature": temp,
+    out = {"knn_top1": table[k], "knn_k": k, "knn_k_why": why, "knn_temperature": temp,
            "knn_table": {str(kk): table[kk] for kk in KNN_KS}}
     if s.head is not None:
         z_train, z_test = s.z()
@@ -127,16 +139,25 @@ def run_knn(s: Session) -> dict:
 
 
 def run_baselines(s: Session) -> dict:
-    cfg = s.cfg
-    rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
-                            s.device, cfg.eval_batch_size, cfg.knn_k, cfg.knn_temperature,
-                            cfg.image_size)
-    pix = evaluate_features(pixel_features(s.train.images).to(s.device), s.train.labels,
-                            pixel_features(s.test.images).to(s.device), s.test.labels,
-                            cfg.knn_k, cfg.knn_temperature)
-    return {"random_init_linear_top1": rand["linear_top1"],
-            "random_init_knn_top1": rand["knn_top1"],
-            "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
+    """A random-init encoder and raw pixels. They read no trained weight, so they are kept
+    under $FASTCLR_CACHE, keyed by what they depend on (fastclr/eval/cache.py)."""
+    cfg, (k, _) = s.cfg, s.knn_k()
+
+    def compute() -> dict:
+        rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
+                                s.device, cfg.eval_batch_size, k, cfg.knn_temperature,
+                                cfg.image_size)
+        pix = evaluate_features(pixel_features(s.train.images).to(s.device), s.train.labels,
+                                pixel_features(s.test.images).to(s.device), s.test.labels,
+                                k, cfg.knn_temperature)
+        return {"random_init_linear_top1": rand["linear_top1"],
+                "random_init_knn_top1": rand["knn_top1"],
+                "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
+
+    key = baselines_key(s.train, s.test, encoder_spec_dict(s.encoder.spec), s.seed + 1, k,
+                        cfg.knn_temperature, cfg.image_size, s.device.type)
+    result, hit = cached("baselines", key, compute)
+    return {**result, "baselines_cached": hit}
 
 
 def run_diagnostics(s: Session) -> dict:

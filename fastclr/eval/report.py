@@ -27,7 +27,8 @@ def format_report(report: dict) -> str:
             ("random-init encoder, h", "random_init_linear_top1", None, "random_init_knn_top1"),
             ("raw pixels", "pixels_linear_top1", None, "pixels_knn_top1")]
     if any(r[1] in report for r in rows):
-        lines.append(f"{'':30}{'linear top-1':>13}{'linear top-5':>13}{'kNN top-1':>11}")
+        knn = f"kNN k={report['knn_k']}" if "knn_k" in report else "kNN top-1"
+        lines.append(f"{'':30}{'linear top-1':>13}{'linear top-5':>13}{knn:>11}")
         for label, top1, top5, knn in rows:
             if top1 in report or (knn and knn in report):
                 lines.append(f"{label:30}{_pct(report, top1):>13}"
@@ -41,6 +42,8 @@ def format_report(report: dict) -> str:
         cells = "  ".join(f"k={k}: {100 * v:.2f}%" for k, v in report["knn_table"].items())
         lines.append(f"kNN on h (cosine, weighted, T={report.get('knn_temperature', 0.1):g}): "
                      f"{cells}")
+        if report.get("knn_k_why"):
+            lines.append(f"  headline kNN: {report['knn_k_why']}")
     for pct in (1, 10):
         key = f"finetune_{pct}pct"
         if f"{key}_top1" in report:
@@ -62,6 +65,7 @@ def format_report(report: dict) -> str:
     if report.get("plots"):
         lines.append("pictures: " + ", ".join(report["plots"]))
     if report.get("seconds"):
+        cached = {"baselines": " (cached)"} if report.get("baselines_cached") else {}
         lines.append("seconds per protocol: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in report["seconds"].items()))
+            f"{k} {v:.0f}{cached.get(k, '')}" for k, v in report["seconds"].items()))
     return "\n".join(lines)

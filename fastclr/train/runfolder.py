@@ -31,6 +31,7 @@ import torch
 
 from fastclr.checkpoint import atomic_write, latest_checkpoint
 from fastclr.config import Config, config_from_dict, identity_options, read_yaml, save_config
+from fastclr.data import get_spec
 from fastclr.errors import CheckpointError, ConfigError, RunFolderError
 from fastclr.spec import EncoderSpec, HeadSpec, option_names
 
@@ -221,15 +222,12 @@ def write_config(run_dir: Path, cfg: Config) -> None:
 
 
 def log_skipped(pretrain, named: int = 50) -> None:
-    """Name the files the data set index could not read, once, in the run log."""
-    if not pretrain.skipped:
-        return
-    log.warning("%s: skipped %d unreadable files in %s (listed in run.json):", pretrain.name,
-                len(pretrain.skipped), pretrain.source)
-    for path, why in pretrain.skipped[:named]:
-        log.warning("  skipped %s (%s)", path, why)
-    if len(pretrain.skipped) > named:
-        log.warning("  ... and %d more", len(pretrain.skipped) - named)
+    """Name the files the data set index could not read, once, in the run log (all of them
+    are listed in run.json)."""
+    from fastclr.data.load import name_skipped
+
+    split = ",".join(get_spec(pretrain.name).pretrain) if pretrain.name else "pretraining"
+    name_skipped(pretrain.name, split, pretrain.source, pretrain.skipped, named)
 
 
 # ---- metrics and logs -----------------------------------------------------------------------

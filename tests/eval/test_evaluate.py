@@ -19,8 +19,8 @@ from fastclr.eval.embed import embed, embedding_parts, index_path, write_embeddi
 from fastclr.errors import ConfigError, DataError
 from fastclr.eval.features import EncoderChangedError, extract_features, frozen, state_digest
 from fastclr.eval.monitor import OnlineProbe
-from fastclr.eval.probes import (knn_predict, knn_table, linear_probe, linear_probe_augmented,
-                                 nearest_neighbours)
+from fastclr.eval.probes import (choose_knn_k, k_that_fits, knn_predict, knn_table, linear_probe,
+                                 linear_probe_augmented, nearest_neighbours)
 from fastclr.eval.finetune import balanced_subset, finetune
 from fastclr.models import build_encoder, build_model
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
@@ -192,6 +192,35 @@ def test_knn_matches_a_brute_force_reference():
     for k, acc in table.items():
         ref = knn_reference(train_x.numpy(), train_y.numpy(), test_x.numpy(), k, 0.1, 5)
         assert acc == pytest.approx(float((ref.argmax(1) == test_y.numpy()).mean()))
+
+
+def test_headline_k_fits_the_smallest_class():
+    x, y = blobs(12, 5, 8, spread=3.0, seed=0)  # 12 training images per class
+    k, why = choose_knn_k(x, y, 200, 0.1)
+    assert k in (1, 5) and "exceeds the 12 training images of the smallest class" in why
+    assert choose_knn_k(x, y, 10, 0.1) == (10, None)  # fits: the configured k stays
+    assert k_that_fits(200, y) == 5 and k_that_fits(12, y) == 12
+    assert k_that_fits(200, torch.tensor([0, 1, 1])) == 1
+
+
+def test_cached_results_are_keyed_by_what_they_depend_on(tmp_path):
+    from fastclr.eval.cache import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"top1": 0.5 + len(calls)}
+
+    key = {"data": "fashion-mnist", "train": ["abc", 60000], "seed": 1}
+    first, hit = cached("baselines", key, compute, tmp_path)
+    assert first == {"top1": 1.5} and not hit
+    assert cached("baselines", key, compute, tmp_path) == (first, True) and len(calls) == 1
+    other, hit = cached("baselines", {**key, "seed": 2}, compute, tmp_path)
+    assert other == {"top1": 2.5} and not hit  # another seed: another entry
+    entry = next(p for p in tmp_path.iterdir() if json.loads(p.read_text())["key"]["seed"] == 1)
+    entry.write_text("{torn")  # a damaged entry is recomputed, not trusted
+    assert cached("baselines", key, compute, tmp_path) == ({"top1": 3.5}, False)
 
 
 # ---- diagnostics -------------------------------------------------------------------------------
