@@ -79,8 +79,8 @@ def _two_ints(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> Parser:
-    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_preview, cmd_presets,
-                                  cmd_study, cmd_train)
+    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_inspect, cmd_preview,
+                                  cmd_presets, cmd_study, cmd_train)
 
     parser = Parser(prog="fastclr", description="SimCLR pretraining and evaluation "
                     "(Chen et al., ICML 2020). Start with `fastclr train --config "
@@ -124,6 +124,21 @@ def build_parser() -> Parser:
                    help="skip the random-init and raw-pixel baselines")
     _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="draw how a run's representation formed, from its "
+                       "tracking record",
+                       description="Draw the pictures of a run's tracking record (train with "
+                       "--track-every; the presets do): dynamics.png (every tracked measure of "
+                       "h and z against the step), spectrum.png (covariance eigenvalues of h "
+                       "and z at several points), embedding_over_time.png (the same probe "
+                       "images mapped at up to six points, aligned), similarities.png "
+                       "(cosines of positive and negative pairs, first point and last), and "
+                       "training_curves.png. Reads only the run folder: no weights, no data. "
+                       "Works on a run still training.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `fastclr train`")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("data", help="list the data sets, where they are looked for, and "
                        "whether they are found",

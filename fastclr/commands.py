@@ -48,6 +48,31 @@ def _print_report(report: dict, out_dir) -> None:
     extra = f"; pretraining took {report['train_seconds']:.0f} s" \
         if "train_seconds" in report else ""
     print(f"results in {out_dir}/report.json{extra}")
+    _print_pictures([Path(out_dir) / name for name in report.get("plots", [])])
+
+
+def _print_pictures(paths) -> None:
+    if paths:
+        print("pictures:")
+        for path in paths:
+            print(f"  {path}")
+
+
+def cmd_inspect(args) -> int:
+    from fastclr.errors import RunFolderError
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir} is not a fastclr run folder (no config.yaml)")
+    _set_threads(args.threads)
+    from fastclr.eval.dynamics import draw, has_record
+
+    if not has_record(run_dir):
+        print(f"{run_dir} has no tracking record (dynamics/): train with --track-every N to "
+              "record one; drawing its training curves only")
+    paths = draw(run_dir, args.out)
+    _print_pictures(paths)
+    return 0
 
 
 def _set_threads(threads: int | None) -> None:

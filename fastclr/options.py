@@ -184,6 +184,17 @@ class Config:
                                  "the kNN monitor is kept too)", "train", low=1)
     knn_every: int = _opt(0, "epochs between kNN monitor evaluations on a labeled subset; 0: "
                           "off", "train", low=0)
+    track_every: float = _opt(0.0, "epochs between tracking points (fractions too: 0.5 is "
+                              "twice an epoch), and one before the first step and after the "
+                              "last: alignment, uniformity, spectrum and effective rank, kNN "
+                              "and contrastive top-1, cosines of positives and negatives of h "
+                              "and z on fixed held-out training images, and their embeddings, "
+                              "to metrics.jsonl, TensorBoard and dynamics/ (`fastclr inspect` "
+                              "draws them); the presets keep it under 5% of training; 0: off",
+                              "train", low=0.0)
+    track_images: int = _opt(512, "images in the tracking probe set (4x as many more form its "
+                             "kNN bank), a fixed sample of the training split; 64-2048",
+                             "train", low=16, high=4096)
     max_nonfinite: int = _opt(20, "stop after this many non-finite losses in a row (each such "
                               "step is skipped, never trained on)", "train", low=1)
     max_steps: int | None = _opt(None, "stop after this many steps (the lr schedule still spans "

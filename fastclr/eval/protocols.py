@@ -168,13 +168,11 @@ def run_diagnostics(s: Session) -> dict:
 
 
 def run_plots(s: Session) -> dict:
-    from fastclr.eval import plots
+    from fastclr.eval import dynamics, plots
 
     written = []
-    metrics = s.weights.run_dir / "metrics.jsonl" if s.weights.run_dir else None
-    if metrics is not None and metrics.is_file():
-        plots.plot_training_curves(plots.read_metrics(metrics), s.out_dir / "training_curves.png")
-        written.append("training_curves.png")
+    if s.weights.run_dir is not None:  # training curves, and the tracking record's pictures
+        written += [p.name for p in dynamics.draw(s.weights.run_dir, s.out_dir, s.seed)]
     h_train, h_test = s.h()
     g = torch.Generator().manual_seed(s.seed)
     pick = torch.randperm(len(h_test), generator=g)[:MAP_IMAGES]

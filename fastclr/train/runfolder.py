@@ -261,6 +261,12 @@ class MetricsLog:
                 if isinstance(v, (int, float)) and k != "epoch":
                     self.tb.add_scalar(k, v, step)
 
+    def histograms(self, step: int, values: dict) -> None:
+        """Distributions (tensors of values) to TensorBoard only; metrics.jsonl keeps scalars."""
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_histogram(k, v.float().cpu(), step)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
