@@ -33,8 +33,10 @@ def cmd_train(args) -> int:
         print(f"{cfg.data} has no labels: skipping the linear-probe and kNN evaluation; the "
               f"encoder is {run_dir / 'encoder.safetensors'}", flush=True)
         return 0
-    print(f"evaluating the frozen encoder on {cfg.data} (linear probe and kNN)...", flush=True)
-    protocols = ("linear", "knn") + (("baselines",) if cfg.baselines else ())
+    print(f"evaluating the frozen encoder on {cfg.data} (linear probe, kNN, what h and z "
+          "keep, pictures)...", flush=True)
+    protocols = ("linear", "knn") + (("baselines",) if cfg.baselines else ()) + \
+        ("transforms", "plots")
     report = evaluate_run(run_dir, resolve_device(cfg.device), protocols)
     _print_report(report, run_dir)
     return 0

@@ -139,8 +139,12 @@ PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
                   "linear and kNN of a random-init encoder and of raw pixels")
 PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",
                   "alignment, uniformity, effective rank, contrastive top-1")
+PROTOCOLS.declare("transforms", "fastclr.eval.protocols:run_transforms",
+                  "Table 3: MLPs on h and on z predict the transformation applied (colour, "
+                  "rotation, noise, Sobel)")
 PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
-                  "training curves, t-SNE embedding map, nearest-neighbour grid")
+                  "training curves, the tracking record's pictures (dynamics, spectrum, "
+                  "embedding over time, similarities), t-SNE map, nearest-neighbour grid")
 PROTOCOLS.declare("pca", "fastclr.eval.protocols:run_pca",
                   "linear probes on h compressed by PCA to 2, 4, 8, ... dimensions")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",

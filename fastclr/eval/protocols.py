@@ -160,6 +160,20 @@ def run_baselines(s: Session) -> dict:
     return {**result, "baselines_cached": hit}
 
 
+def run_transforms(s: Session) -> dict:
+    """The paper's Table 3: what h keeps that z = g(h) throws away (fastclr/eval/transforms.py)."""
+    from fastclr.eval.transforms import (FIT_IMAGES, SCORE_IMAGES, pretrained_with,
+                                         transformation_probe)
+
+    g = torch.Generator().manual_seed(s.seed)
+    fit = s.train.images[torch.randperm(len(s.train), generator=g)[:FIT_IMAGES]]
+    score = s.test.images[torch.randperm(len(s.test), generator=g)[:SCORE_IMAGES]]
+    rows = transformation_probe(s.encoder, s.head, fit, score, crop_flip_augment(s.cfg),
+                                seed=s.seed, device=s.device, batch_size=s.cfg.eval_batch_size)
+    return {"transforms": rows, "transforms_images": [len(fit), len(score)],
+            "transforms_pretrained_with": pretrained_with(s.cfg)}
+
+
 def run_diagnostics(s: Session) -> dict:
     images = s.test.images[:DIAGNOSTIC_IMAGES]
     return diagnose(s.encoder, images, augment_from_config(s.cfg), s.head,

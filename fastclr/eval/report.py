@@ -62,10 +62,35 @@ def format_report(report: dict) -> str:
                                  "contrastive_top1", "{:.2%}")):
             lines.append(f"{label:44}" + "".join(
                 f"{fmt.format(report[f'{key}_{s}']):>10}" for s in spaces))
-    if report.get("plots"):
-        lines.append("pictures: " + ", ".join(report["plots"]))
+    if report.get("transforms"):
+        lines += _transforms_table(report)
     if report.get("seconds"):
         cached = {"baselines": " (cached)"} if report.get("baselines_cached") else {}
         lines.append("seconds per protocol: " + ", ".join(
             f"{k} {v:.0f}{cached.get(k, '')}" for k, v in report["seconds"].items()))
     return "\n".join(lines)
+
+
+def _transforms_table(report: dict) -> list[str]:
+    """Table 3 of the paper beside this encoder's figures."""
+    fit, score = report.get("transforms_images", ["?", "?"])
+    lines = [f"what h keeps that z = g(h) drops (Table 3: an MLP on frozen features names the "
+             f"transformation; {fit} train / {score} test images)",
+             f"{'':30}{'h':>9}{'z':>9}{'paper h':>10}{'paper z':>10}{'chance':>9}"]
+    for row in report["transforms"].values():
+        cells = [_pct1(row.get("h")), _pct1(row.get("z")), _pct1(row["paper_h"]),
+                 _pct1(row["paper_z"]), _pct1(row["chance"])]
+        line = f"  {row['label']:28}" + "".join(
+            f"{c:>{w}}" for c, w in zip(cells, (9, 9, 10, 10, 9)))
+        lines.append(line + (f"  ({row['why']})" if row.get("why") else ""))
+    extra = report.get("transforms_pretrained_with") or []
+    ran = (f"this run's augmentation had {', '.join(extra)}" if extra else
+           "this run's augmentation had none of them, so its rows measure what h and z keep "
+           "of transformations the loss never asked them to ignore")
+    lines.append("  the paper adds rotation, noise and Sobel to its pretraining augmentation for "
+                 f"the last three rows; {ran}")
+    return lines
+
+
+def _pct1(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

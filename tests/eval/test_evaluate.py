@@ -462,7 +462,30 @@ def test_format_report_shows_what_is_there():
     text = format_report(report)
     assert "80.00%" in text and "60.00%" in text and "+20.00 points" in text
     assert "k=200: 75.00%" in text and "1% of the labels (600 images" in text
-    assert "random-init" not in text
+    assert "random-init" not in text and "Table 3" not in text
+
+
+def test_format_report_names_the_headline_k_and_shows_table_3_beside_the_paper():
+    from fastclr.eval.transforms import TASKS
+
+    rows = {name: {"label": t.label, "chance": t.chance, "paper_h": t.paper_h,
+                   "paper_z": t.paper_z, "h": 0.9, "z": 0.4} for name, t in TASKS.items()}
+    rows["colour"].update(h=None, z=None, why="one-channel images: no colour to remove")
+    report = {"linear_top1": 0.8, "knn_top1": 0.9, "knn_k": 5, "knn_temperature": 0.1,
+              "knn_k_why": "k=200 exceeds the 144 training images of the smallest class",
+              "knn_table": {"1": 0.97, "5": 0.9, "20": 0.85, "200": 0.82},
+              "transforms": rows, "transforms_images": [5000, 2000],
+              "transforms_pretrained_with": [], "baselines_cached": True,
+              "seconds": {"linear": 3.0, "baselines": 0.01}}
+    text = format_report(report)
+    assert "kNN k=5" in text and "exceeds the 144 training images" in text
+    assert "baselines 0 (cached)" in text
+    lines = text.splitlines()
+    colour = next(line for line in lines if "colour vs grayscale" in line)
+    assert "n/a" in colour and "99.3%" in colour and "97.4%" in colour and "80.0%" in colour
+    rotation = next(line for line in lines if "rotation" in line and "%" in line)
+    assert rotation.split()[-5:] == ["90.0%", "40.0%", "67.6%", "25.6%", "25.0%"]
+    assert any("the paper adds rotation, noise and Sobel" in line for line in lines)
 
 
 # ---- pictures ----------------------------------------------------------------------------------
