@@ -113,7 +113,9 @@ def cmd_embed(args) -> int:
     from fastclr.distributed import resolve_device
     from fastclr.eval.embed import embed, embedding_parts, write_embedding
     from fastclr.eval.weights import load_weights
+    from fastclr.train.runfolder import setup_logging
 
+    setup_logging(None, True)  # unreadable files, which get no row, are named in the log
     _set_threads(args.threads)
     device = resolve_device(args.device)
     weights = load_weights(args.weights, args.data, args.data_dir, device)

@@ -185,7 +185,7 @@ def plot_similarities(points: list, path: Path, epochs_per_step: float | None) -
     (first, a0), (last, a1) = points[0], points[-1]
     fig = Figure(figsize=(12, 4.4))
     for ax, s in zip(fig.subplots(1, 2), "hz"):
-        low = 1.0
+        low, top = 1.0, {}
         for arrays, step, style in ((a0, first, "--"), (a1, last, "-")):
             for kind, colour, name in (("pos", "tab:green", "positives"),
                                        ("neg", "tab:red", "negatives")):
@@ -194,8 +194,13 @@ def plot_similarities(points: list, path: Path, epochs_per_step: float | None) -
                     low = min(low, float(COSINE_BINS[np.flatnonzero(counts)[0]]))
                 density = counts / max(counts.sum() * width, 1e-30)
                 mean = float((counts * centres).sum() / max(counts.sum(), 1))
+                top[style] = max(top.get(style, 0.0), float(density.max()))
                 ax.plot(centres, density, style, color=colour,
                         label=f"{name}, {_when(step, epochs_per_step)} (mean {mean:.2f})")
+        if top["--"] > 2 * top["-"]:  # a narrow first peak would flatten the last point's
+            ax.set_ylim(0, 1.3 * top["-"])
+            ax.text(0.96, 0.97, f"first point's peak:\n{top['--']:.0f}, off the scale",
+                    transform=ax.transAxes, fontsize=7, va="top", ha="right", color="gray")
         ax.set(title=f"{s}: cosine of two views of one image (positives) and of different "
                "images (negatives)", xlabel="cosine similarity", ylabel="density",
                xlim=(max(-1.0, low - 0.05), 1.0))

@@ -74,21 +74,26 @@ def format_report(report: dict) -> str:
 def _transforms_table(report: dict) -> list[str]:
     """Table 3 of the paper beside this encoder's figures."""
     fit, score = report.get("transforms_images", ["?", "?"])
-    lines = [f"what h keeps that z = g(h) drops (Table 3: an MLP on frozen features names the "
-             f"transformation; {fit} train / {score} test images)",
+    lines = [f"Table 3, what h keeps that z = g(h) drops: an MLP names the transformation "
+             f"({fit} / {score} images)",
              f"{'':30}{'h':>9}{'z':>9}{'paper h':>10}{'paper z':>10}{'chance':>9}"]
+    notes = []
     for row in report["transforms"].values():
         cells = [_pct1(row.get("h")), _pct1(row.get("z")), _pct1(row["paper_h"]),
                  _pct1(row["paper_z"]), _pct1(row["chance"])]
         line = f"  {row['label']:28}" + "".join(
             f"{c:>{w}}" for c, w in zip(cells, (9, 9, 10, 10, 9)))
-        lines.append(line + (f"  ({row['why']})" if row.get("why") else ""))
+        if row.get("why"):
+            notes.append(f"  {'*' * (len(notes) + 1)} {row['why']}")
+            line += " " + "*" * len(notes)
+        lines.append(line)
+    lines += notes
     extra = report.get("transforms_pretrained_with") or []
-    ran = (f"this run's augmentation had {', '.join(extra)}" if extra else
-           "this run's augmentation had none of them, so its rows measure what h and z keep "
-           "of transformations the loss never asked them to ignore")
     lines.append("  the paper adds rotation, noise and Sobel to its pretraining augmentation for "
-                 f"the last three rows; {ran}")
+                 "the last 3 rows;")
+    lines.append(f"  this run's augmentation had {', '.join(extra)}" if extra else
+                 "  this run's had none of them: its rows say what h and z keep of "
+                 "transformations never to be ignored")
     return lines
 
 

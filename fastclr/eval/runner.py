@@ -23,7 +23,7 @@ from fastclr.eval.weights import Weights, load_weights
 from fastclr.registry import PROTOCOLS
 
 # the protocols run by default; PROTOCOLS holds every one, in the order they run
-FAST = ("linear", "knn", "baselines", "transforms", "diagnostics", "plots")
+FAST = ("linear", "knn", "baselines", "diagnostics", "transforms", "plots")
 
 
 def parse_protocols(text: str | None) -> tuple[str, ...]:

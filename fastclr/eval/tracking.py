@@ -146,19 +146,19 @@ class Tracker:
     def __init__(self, cfg, device: torch.device, run_dir: Path, every: int, augment,
                  resume_step: int = 0):
         spec = get_spec(cfg.data)
-        wanted = cfg.track_images * (1 + BANK_PER_PROBE)
+        share = 1 + BANK_PER_PROBE if spec.labeled else 1  # no labels: no kNN, no bank
         images = load_split(cfg.data, spec.train, cfg.data_dir, size=cfg.image_size,
-                            sample=wanted)
+                            sample=cfg.track_images * share)
         name_skipped(cfg.data, spec.train, images.source, images.skipped)
-        n = min(cfg.track_images, len(images) // (1 + BANK_PER_PROBE))
+        n = min(cfg.track_images, len(images) // share)
         if n < 8:
             raise ValueError(f"{cfg.data}: {len(images)} training images are too few for a "
                              "tracking probe set")
         # a whole split comes in file order (often sorted by class): shuffle, always the same
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         self.probe = images.subset(order[:n])
-        self.bank = images.subset(order[n: n * (1 + BANK_PER_PROBE)])
-        self.labeled = images.labels is not None
+        self.bank = images.subset(order[n: n * share])
+        self.labeled = images.labels is not None and len(self.bank) > 0
         self.k = k_that_fits(cfg.knn_k, self.bank.labels) if self.labeled else None
         self.cfg, self.device, self.every, self.augment = cfg, device, every, augment
         self.folder = Path(run_dir) / "dynamics"

@@ -483,6 +483,8 @@ def test_format_report_names_the_headline_k_and_shows_table_3_beside_the_paper()
     lines = text.splitlines()
     colour = next(line for line in lines if "colour vs grayscale" in line)
     assert "n/a" in colour and "99.3%" in colour and "97.4%" in colour and "80.0%" in colour
+    assert "  * one-channel images: no colour to remove" in lines
+    assert max(len(line) for line in lines) <= 100
     rotation = next(line for line in lines if "rotation" in line and "%" in line)
     assert rotation.split()[-5:] == ["90.0%", "40.0%", "67.6%", "25.6%", "25.0%"]
     assert any("the paper adds rotation, noise and Sobel" in line for line in lines)
