@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from fastclr.checkpoint import atomic_write
 from fastclr.data import get_spec, load_split
 from fastclr.data.load import name_skipped
+from fastclr.errors import DataError
 from fastclr.eval.diagnostics import alignment, contrastive_top1, effective_rank, uniformity
 from fastclr.eval.features import extract_features, project
 from fastclr.eval.probes import k_that_fits, knn_top1
@@ -139,8 +140,8 @@ class Tracker:
     """The probe set of a run and the measures of h and z on it, every `every` steps.
 
     The probe is a fixed sample of the training split (the same for every run of a data set,
-    and across resumes: its hash is kept in probe.json and checked), split into `images` probe
-    images and BANK_PER_PROBE times as many bank images for kNN.
+    and across resumes: its hash is kept in probe.json and checked): track_images probe
+    images and, where there are labels, BANK_PER_PROBE times as many bank images for kNN.
     """
 
     def __init__(self, cfg, device: torch.device, run_dir: Path, every: int, augment,
@@ -152,8 +153,8 @@ class Tracker:
         name_skipped(cfg.data, spec.train, images.source, images.skipped)
         n = min(cfg.track_images, len(images) // share)
         if n < 8:
-            raise ValueError(f"{cfg.data}: {len(images)} training images are too few for a "
-                             "tracking probe set")
+            raise DataError(f"{cfg.data}: {len(images)} training images are too few for a "
+                            "tracking probe set; use --track-every 0")
         # a whole split comes in file order (often sorted by class): shuffle, always the same
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         self.probe = images.subset(order[:n])
