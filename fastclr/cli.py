@@ -16,10 +16,13 @@ folder, or to eval-<name>/ beside a weights file. Entries of earlier runs of oth
 on the same weights are kept. Protocols:"""
 
 EVAL_TAIL = """\
-'fast' (the default) is linear, knn, baselines, diagnostics, plots. Measured for the
-fashion-mnist-cpu model on 2 CPU cores: 2.7 minutes, of which baselines (L-BFGS on 784 raw
-pixels) take 1.4 (--no-baselines skips them); 'all' adds linear-aug (1.4 minutes) and finetune
-(4.6 minutes): 8.8 minutes in all. Use --threads 1 on a busy CPU."""
+'fast' (the default) is linear, knn, baselines, diagnostics, transforms, plots. Measured for
+the fashion-mnist-cpu model on 2 CPU cores before transforms existed: 2.7 minutes, of which
+baselines (L-BFGS on 784 raw pixels) take 1.4; they read no trained weight, so they are kept
+in $FASTCLR_CACHE (~/.cache/fastclr) and computed once per data set, architecture and seed
+(--no-baselines skips them); transforms adds about 25 s and the tracking record's pictures
+about 20 s (one thread of a busy CPU); 'all' adds pca, linear-aug (1.4 minutes) and finetune
+(4.6 minutes). Use --threads 1 on a busy CPU."""
 
 
 def eval_help() -> str:

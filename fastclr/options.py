@@ -206,7 +206,9 @@ class Config:
                             "eval")
     baselines: bool = _opt(True, "in the final evaluation, also evaluate a random-init encoder "
                            "and raw pixels", "eval")
-    knn_k: int = _opt(200, "neighbours of the weighted kNN classifier", "eval", low=1)
+    knn_k: int = _opt(200, "neighbours of the weighted kNN classifier (the headline k; where "
+                      "a class has fewer training images, the best smaller k on held-out "
+                      "training images)", "eval", low=1)
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
                                   low=1e-3)
     eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1)

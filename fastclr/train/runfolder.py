@@ -4,8 +4,11 @@
                 run.json           the data set, and every start and resume of the run (command,
                                    revision, start, end, steps covered, outcome), appended
                 train.log          the log lines
-                metrics.jsonl      one JSON object per log line (and per kNN evaluation)
+                metrics.jsonl      one JSON object per log line (and per kNN evaluation and
+                                   tracking point: keys dynamics/*)
                 tensorboard/       the same metrics for TensorBoard
+                dynamics/          the tracking record: probe.json, step-<step>.npz
+                                   (fastclr.eval.tracking)
                 train_time.json    wall seconds of pretraining, over all sessions
                 checkpoints/       see fastclr.checkpoint
                 .lock              held by the one process that writes here
