@@ -17,9 +17,12 @@ folder, or to eval-<name>/ beside a weights file. Entries of earlier runs of oth
 on the same weights are kept. Protocols:"""
 
 EVAL_TAIL = """\
-'fast' (the default) is linear, knn, baselines, diagnostics, plots. Measured for the
-fashion-mnist-cpu model on 2 CPU cores: 2.7 minutes, of which baselines (L-BFGS on 784 raw
-pixels) take 1.4 (--no-baselines skips them); 'all' adds linear-aug (1.4 minutes), finetune
+'fast' (the default) is linear, knn, baselines, diagnostics, transforms, plots. Measured for
+the fashion-mnist-cpu model on 2 CPU cores before transforms existed: 2.7 minutes, of which
+baselines (L-BFGS on 784 raw pixels) take 1.4; they read no trained weight, so they are kept
+in $FASTCLR_CACHE (~/.cache/fastclr) and computed once per data set, architecture and seed
+(--no-baselines skips them); transforms adds about 25 s and the tracking record's pictures
+about 20 s (one thread of a busy CPU); 'all' adds pca, linear-aug (1.4 minutes), finetune
 (4.6 minutes) and linear-b6-cpu (10 epochs of 60k views, twice linear-aug's; 12 minutes at
 --threads 1 on a busy 2-core machine). linear-b6, the paper's 90-epoch linear evaluation, runs
 only when named. "linear" is the L-BFGS probe of the paper's transfer experiments (appendix
@@ -113,8 +116,8 @@ EXPORT_FORMATS = ("torchvision", "timm", "onnx", "torchscript")
 
 
 def build_parser() -> Parser:
-    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_export, cmd_preview,
-                                  cmd_presets, cmd_study, cmd_train)
+    from fastclr.commands import (cmd_data, cmd_embed, cmd_eval, cmd_export, cmd_inspect,
+                                  cmd_presets, cmd_preview, cmd_study, cmd_train)
 
     parser = Parser(prog="fastclr", description="SimCLR pretraining and evaluation "
                     "(Chen et al., ICML 2020). Start with `fastclr train --config "
@@ -162,6 +165,21 @@ def build_parser() -> Parser:
                    "(pip install 'fastclr[umap]'; its first use compiles for ~30 s)")
     _add_threads_option(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="draw how a run's representation formed, from its "
+                       "tracking record",
+                       description="Draw the pictures of a run's tracking record (train with "
+                       "--track-every; the presets do): dynamics.png (every tracked measure of "
+                       "h and z against the step), spectrum.png (covariance eigenvalues of h "
+                       "and z at several points), embedding_over_time.png (the same probe "
+                       "images mapped at up to six points, aligned), similarities.png "
+                       "(cosines of positive and negative pairs, first point and last), and "
+                       "training_curves.png. Reads only the run folder: no weights, no data. "
+                       "Works on a run still training.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `fastclr train`")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
+    _add_threads_option(p)
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("data", help="list the data sets, where they are looked for, and "
                        "whether they are found",

@@ -40,8 +40,10 @@ def cmd_train(args) -> int:
         print(f"{cfg.data} has no labels: skipping the linear-probe and kNN evaluation; the "
               f"encoder is {run_dir / 'encoder.safetensors'}", flush=True)
         return 0
-    print(f"evaluating the frozen encoder on {cfg.data} (linear probe and kNN)...", flush=True)
-    protocols = ("linear", "knn") + (("baselines",) if cfg.baselines else ())
+    print(f"evaluating the frozen encoder on {cfg.data} (linear probe, kNN, what h and z "
+          "keep, pictures)...", flush=True)
+    protocols = ("linear", "knn") + (("baselines",) if cfg.baselines else ()) + \
+        ("transforms", "plots")
     report = evaluate_run(run_dir, resolve_device(cfg.device), protocols)
     _print_report(report, run_dir)
     return 0
@@ -55,6 +57,31 @@ def _print_report(report: dict, out_dir) -> None:
     extra = f"; pretraining took {report['train_seconds']:.0f} s" \
         if "train_seconds" in report else ""
     print(f"results in {out_dir}/report.json{extra}")
+    _print_pictures([Path(out_dir) / name for name in report.get("plots", [])])
+
+
+def _print_pictures(paths) -> None:
+    if paths:
+        print("pictures:")
+        for path in paths:
+            print(f"  {path}")
+
+
+def cmd_inspect(args) -> int:
+    from fastclr.errors import RunFolderError
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir} is not a fastclr run folder (no config.yaml)")
+    _set_threads(args.threads)
+    from fastclr.eval.dynamics import draw, has_record
+
+    if not has_record(run_dir):
+        print(f"{run_dir} has no tracking record (dynamics/): train with --track-every N to "
+              "record one; drawing its training curves only")
+    paths = draw(run_dir, args.out)
+    _print_pictures(paths)
+    return 0
 
 
 def _set_threads(threads: int | None) -> None:
@@ -72,6 +99,9 @@ def cmd_eval(args) -> int:
                                      require_labels)
     from fastclr.eval.weights import load_weights
 
+    from fastclr.train.runfolder import setup_logging
+
+    setup_logging(None, True)  # unreadable files of the splits are named in the log
     _set_threads(args.threads)
     protocols = parse_protocols(args.protocol)
     if args.no_baselines:
@@ -95,7 +125,9 @@ def cmd_embed(args) -> int:
     from fastclr.distributed import resolve_device
     from fastclr.eval.embed import embed, embedding_parts, write_embedding
     from fastclr.eval.weights import load_weights
+    from fastclr.train.runfolder import setup_logging
 
+    setup_logging(None, True)  # unreadable files, which get no row, are named in the log
     _set_threads(args.threads)
     device = resolve_device(args.device)
     weights = load_weights(args.weights, args.data, args.data_dir, device)

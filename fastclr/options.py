@@ -245,6 +245,17 @@ class Config:
                                  "the kNN monitor is kept too)", "train", low=1)
     knn_every: int = _opt(0, "epochs between kNN monitor evaluations on a labeled subset; 0: "
                           "off", "train", low=0)
+    track_every: float = _opt(0.0, "epochs between tracking points (fractions too: 0.5 is "
+                              "twice an epoch), and one before the first step and after the "
+                              "last: alignment, uniformity, spectrum and effective rank, kNN "
+                              "and contrastive top-1, cosines of positives and negatives of h "
+                              "and z on fixed held-out training images, and their embeddings, "
+                              "to metrics.jsonl, TensorBoard and dynamics/ (`fastclr inspect` "
+                              "draws them); the presets keep it under 5% of training; 0: off",
+                              "train", low=0.0)
+    track_images: int = _opt(512, "images in the tracking probe set (4x as many more form its "
+                             "kNN bank), a fixed sample of the training split; 64-2048",
+                             "train", low=16, high=4096)
     max_nonfinite: int = _opt(20, "stop after this many non-finite losses in a row (each such "
                               "step is skipped, never trained on)", "train", low=1)
     max_steps: int | None = _opt(None, "stop after this many steps (the lr schedule still spans "
@@ -256,7 +267,9 @@ class Config:
                             "eval")
     baselines: bool = _opt(True, "in the final evaluation, also evaluate a random-init encoder "
                            "and raw pixels", "eval")
-    knn_k: int = _opt(200, "neighbours of the weighted kNN classifier", "eval", low=1)
+    knn_k: int = _opt(200, "neighbours of the weighted kNN classifier (the headline k; where "
+                      "a class has fewer training images, the best smaller k on held-out "
+                      "training images)", "eval", low=1)
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(sim/T)", "eval",
                                   low=1e-3)
     eval_batch_size: int = _opt(512, "batch size for feature extraction", "eval", low=1,

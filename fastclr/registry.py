@@ -135,13 +135,16 @@ PROTOCOLS.declare("linear", "fastclr.eval.protocols:run_linear",
                   "z = g(h): the paper's transfer protocol (appendix B.8), not its ImageNet "
                   "linear evaluation")
 PROTOCOLS.declare("knn", "fastclr.eval.protocols:run_knn",
-                  "weighted cosine kNN on frozen h (Wu et al. 2018), k = 1, 5, 20, 200")
+                  "weighted cosine kNN on frozen h (Wu et al. 2018), k = 1, 5, 20, 200 "
+                  "(headline: knn_k if it fits)")
 PROTOCOLS.declare("baselines", "fastclr.eval.protocols:run_baselines",
                   "linear and kNN of a random-init encoder and of raw pixels")
 PROTOCOLS.declare("diagnostics", "fastclr.eval.protocols:run_diagnostics",
                   "alignment, uniformity, effective rank, contrastive top-1")
+PROTOCOLS.declare("transforms", "fastclr.eval.protocols:run_transforms",
+                  "Table 3: MLPs on h and on z name the transformation applied (what g drops)")
 PROTOCOLS.declare("plots", "fastclr.eval.protocols:run_plots",
-                  "training curves, t-SNE (or UMAP) embedding map, nearest-neighbour grid")
+                  "training curves, the tracking record's pictures, t-SNE (or UMAP) map, neighbour grid")
 PROTOCOLS.declare("pca", "fastclr.eval.protocols:run_pca",
                   "linear probes on h compressed by PCA to 2, 4, 8, ... dimensions")
 PROTOCOLS.declare("linear-aug", "fastclr.eval.protocols:run_linear_aug",

@@ -1,9 +1,18 @@
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# Tests never write into the user's cache (the evaluation's cached baselines, downloads):
+# set before fastclr is imported, and inherited by the commands tests start.
+os.environ["FASTCLR_CACHE"] = tempfile.mkdtemp(prefix="fastclr-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTCLR_CACHE"], ignore_errors=True)
 
-from fixtures import SAMPLE
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fixtures import SAMPLE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

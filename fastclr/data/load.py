@@ -3,6 +3,7 @@ batch source."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastclr.data.images import FolderIndex, decode_many, fingerprint
 from fastclr.data.registry import ImageSet, files_fingerprint, get_spec, index_split, locate
 from fastclr.errors import DataError
 
+log = logging.getLogger("fastclr")
 
 # Streamed sets are normalised with the ImageNet statistics (torchvision's constants) instead
 # of statistics measured on the folder: they are exact for ImageNet, close for photos in
@@ -91,6 +93,28 @@ def check_evaluation_data(name: str, data_dir=None, download: bool = False) -> N
         root = locate(spec, split, data_dir, download)
         if spec.check is not None:
             spec.check(root, split)
+
+
+# (source, file) pairs already named in this process: each unreadable file is named once,
+# whether training, its kNN monitor, tracking or the final evaluation met it first
+_NAMED: set[tuple[str, str]] = set()
+
+
+def name_skipped(name: str, split: str, source: str, skipped: list[tuple[str, str]],
+                 shown: int = 50) -> list[tuple[str, str]]:
+    """Log the files of one split that could not be read and were left out, each file once
+    per process (the first `shown` by name, then a count); returns those newly named."""
+    new = [(p, why) for p, why in skipped if (source, p) not in _NAMED]
+    if not new:
+        return []
+    _NAMED.update((source, p) for p, _ in new)
+    log.warning("%s (%s split): left out %d unreadable files of %s:", name, split, len(new),
+                source)
+    for path, why in new[:shown]:
+        log.warning("  skipped %s (%s)", path, why)
+    if len(new) > shown:
+        log.warning("  ... and %d more", len(new) - shown)
+    return new
 
 
 # ---- what pretraining reads ------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
+from fastclr.data.load import name_skipped
 from fastclr.errors import DataError
 from fastclr.eval.features import extract_features, frozen, require_channels
 from fastclr.paths import embedding_paths
@@ -35,7 +36,10 @@ def embedding_parts(data: str, split: str = "all", data_dir=None,
         raise DataError(f"{data} has no split {split!r}; it has {', '.join(spec.splits)} "
                         "(or use --split all)")
     splits = spec.splits if split == "all" else (split,)
-    return [(s, load_split(data, s, data_dir, size=size)) for s in splits]
+    parts = [(s, load_split(data, s, data_dir, size=size)) for s in splits]
+    for s, images in parts:  # an unreadable file has no row: say which
+        name_skipped(data, s, images.source, images.skipped)
+    return parts
 
 
 def embed(encoder: nn.Module, parts: list[tuple[str, ImageSet]], batch_size: int = 512,

@@ -91,7 +91,8 @@ def _kind(channels: int) -> str:
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
                      device: torch.device | str = "cpu", size: int | None = None) -> torch.Tensor:
-    """h = f(x) for uint8 images (N, C, H, W): float32 (N, feat_dim) on `device`, eval mode.
+    """h = f(x) for uint8 images (N, C, H, W) (or float views in [0, 1]): float32
+    (N, feat_dim) on `device`, eval mode.
 
     With `size` (the training resolution), images of another size are first resized (shorter
     side) and centre-cropped to size x size, so the encoder sees objects at the scale it was
@@ -106,7 +107,8 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     out = []
     try:
         for i in range(0, len(images), batch_size):
-            x = images[i: i + batch_size].to(device, non_blocking=True).float().div_(255)
+            x = images[i: i + batch_size].to(device, non_blocking=True)
+            x = x.float() if x.is_floating_point() else x.float().div_(255)
             if size is not None:
                 x = center_view(x, size)  # (n, C, size, size)
             if channels_last:

@@ -43,7 +43,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(records: list[dict], path: str | Path) -> Path:
-    """Loss, learning rate and top-1 monitors (kNN, online probe) against the step."""
+    """Loss, learning rate and top-1 monitors (kNN, tracked kNN, online probe) against the
+    step."""
     def series(key):
         pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         return [p[0] for p in pts], [p[1] for p in pts]
@@ -57,7 +58,10 @@ def plot_training_curves(records: list[dict], path: str | Path) -> Path:
     ax_lr.plot(steps, lr, color="tab:orange")
     ax_lr.set(title="learning rate", xlabel="step", ylabel="lr")
     shown = False
-    for key, label, colour in (("knn_top1", "kNN monitor (test subset)", "tab:green"),
+    for key, label, colour in (("knn_top1", "kNN monitor (held-out training images)",
+                                "tab:green"),
+                               ("dynamics/knn_top1_h", "tracked kNN of h (probe set)",
+                                "tab:blue"),
                                ("probe_top1", "online linear probe (train batches)",
                                 "tab:purple")):
         steps, acc = series(key)
@@ -67,8 +71,8 @@ def plot_training_curves(records: list[dict], path: str | Path) -> Path:
     if shown:
         ax_acc.legend(loc="lower right", fontsize=8)
     else:
-        ax_acc.text(0.5, 0.5, "no kNN monitor or online probe\nin this run (knn_every = 0,\n"
-                    "online_probe = false)", ha="center", va="center",
+        ax_acc.text(0.5, 0.5, "no kNN monitor, tracking or online\nprobe in this run (knn_every, "
+                    "track_every = 0,\nonline_probe = false)", ha="center", va="center",
                     transform=ax_acc.transAxes)
     ax_acc.set(title="top-1 during pretraining", xlabel="step", ylabel="top-1 (%)")
     for ax in (ax_loss, ax_lr, ax_acc):

@@ -81,6 +81,51 @@ def knn_table(train_x, train_y, test_x, test_y, ks=(1, 5, 20, 200),
     return table
 
 
+# the k of the kNN table; 200 is the headline of Wu et al. (2018) and of most SSL papers
+KNN_KS = (1, 5, 20, 200)
+
+
+def smallest_class(labels: torch.Tensor) -> int:
+    """Images in the rarest class present in `labels` (N,)."""
+    counts = torch.bincount(labels.cpu())
+    return int(counts[counts > 0].min())
+
+
+def k_that_fits(k: int, labels: torch.Tensor, candidates=KNN_KS) -> int:
+    """`k` if every class of the bank `labels` has at least k images, else the largest of
+    `candidates` that does (at least 1): a k above a class's size makes its images outvoted
+    by the neighbours of other classes whatever the features."""
+    fewest = smallest_class(labels)
+    if k <= fewest:
+        return k
+    return max([c for c in candidates if c <= fewest], default=1)
+
+
+@torch.no_grad()
+def choose_knn_k(train_x: torch.Tensor, train_y: torch.Tensor, k: int, temperature: float,
+                 candidates=KNN_KS, seed: int = 0) -> tuple[int, str | None]:
+    """The headline k of the weighted kNN and, when it is not `k`, why.
+
+    `k` (200 by default: comparable with the literature) when every class has at least k
+    training images. Otherwise the candidate with the best top-1 on a held-out tenth of the
+    training features, fitted on the other nine tenths: chosen without the test set, among
+    the candidates that fit the smallest class.
+    """
+    fewest = smallest_class(train_y)
+    if k <= fewest:
+        return k, None
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train_x), generator=g).to(train_x.device)
+    n_val = max(1, len(train_x) // 10)
+    val, fit = perm[:n_val], perm[n_val:]
+    fits = [c for c in sorted(set(candidates)) if c <= smallest_class(train_y[fit])] or [1]
+    table = knn_table(train_x[fit], train_y[fit], train_x[val], train_y[val], fits, temperature)
+    best = max(fits, key=lambda c: (table[c], c))  # ties: the larger k, the smoother vote
+    return best, (f"k={k} exceeds the {fewest} training images of the smallest class; k={best} "
+                  f"is the best of k={', '.join(map(str, fits))} on a held-out tenth of the "
+                  "training images")
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     k = min(k, logits.shape[1])
     hit = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)

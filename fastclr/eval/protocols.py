@@ -15,12 +15,14 @@ from fastclr.data import ImageSet
 from fastclr.eval.diagnostics import diagnose
 from fastclr.eval.features import extract_features, frozen, pixel_features, project
 from fastclr.eval.finetune import PAPER_EPOCHS, balanced_subset, finetune
-from fastclr.eval.probes import (evaluate_encoder, evaluate_features, knn_table, knn_top1,
-                                 linear_probe, linear_probe_augmented, nearest_neighbours)
+from fastclr.eval.cache import baselines_key, cached
+from fastclr.eval.probes import (KNN_KS, choose_knn_k, evaluate_encoder, evaluate_features,
+                                 knn_table, knn_top1, linear_probe, linear_probe_augmented,
+                                 nearest_neighbours)
 from fastclr.eval.weights import Weights
 from fastclr.models import build_encoder
+from fastclr.spec import encoder_spec_dict
 
-KNN_KS = (1, 5, 20, 200)
 LINEAR_AUG_EPOCHS = 5  # the paper trains 90 on ImageNet; 5 x 60k views fit a CPU budget
 # The paper's linear evaluation (appendix B.6): as its fine-tuning (B.5: Nesterov momentum,
 # batch 4096, crop + flip, no regularisation, no warmup) with lr 0.1 x B/256 for 90 epochs;
@@ -67,6 +69,7 @@ class Session:
         self.device, self.out_dir, self.seed = torch.device(device), out_dir, seed
         self._h: tuple[torch.Tensor, torch.Tensor] | None = None
         self._z: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._knn_k: tuple[int, str | None] | None = None
 
     def h(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen-encoder h of the train and test images: (N_train, D), (N_test, D)."""
@@ -79,6 +82,15 @@ class Session:
                            extract_features(self.encoder, self.test.images, bs, self.device,
                                             size))
         return self._h
+
+    def knn_k(self) -> tuple[int, str | None]:
+        """The headline k of kNN, and why when it is not the config's (a class has fewer
+        training images than k): see probes.choose_knn_k. Every kNN row uses it."""
+        if self._knn_k is None:
+            h_train, _ = self.h()
+            self._knn_k = choose_knn_k(h_train, self.train.labels, self.cfg.knn_k,
+                                       self.cfg.knn_temperature, seed=self.seed)
+        return self._knn_k
 
     def z(self) -> tuple[torch.Tensor, torch.Tensor]:
         """z = g(h) of the train and test images, with the frozen head."""
@@ -123,10 +135,10 @@ def run_pca(s: Session) -> dict:
 
 def run_knn(s: Session) -> dict:
     h_train, h_test = s.h()
-    k, temp = s.cfg.knn_k, s.cfg.knn_temperature
+    (k, why), temp = s.knn_k(), s.cfg.knn_temperature
     table = knn_table(h_train, s.train.labels, h_test, s.test.labels,
                       sorted(set(KNN_KS) | {k}), temp)
-    out = {"knn_top1": table[k], "knn_k": k, "knn_temperature": temp,
+    out = {"knn_top1": table[k], "knn_k": k, "knn_k_why": why, "knn_temperature": temp,
            "knn_table": {str(kk): table[kk] for kk in KNN_KS}}
     if s.head is not None:
         z_train, z_test = s.z()
@@ -135,16 +147,39 @@ def run_knn(s: Session) -> dict:
 
 
 def run_baselines(s: Session) -> dict:
-    cfg = s.cfg
-    rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
-                            s.device, cfg.eval_batch_size, cfg.knn_k, cfg.knn_temperature,
-                            cfg.image_size)
-    pix = evaluate_features(pixel_features(s.train.images).to(s.device), s.train.labels,
-                            pixel_features(s.test.images).to(s.device), s.test.labels,
-                            cfg.knn_k, cfg.knn_temperature)
-    return {"random_init_linear_top1": rand["linear_top1"],
-            "random_init_knn_top1": rand["knn_top1"],
-            "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
+    """A random-init encoder and raw pixels. They read no trained weight, so they are kept
+    under $FASTCLR_CACHE, keyed by what they depend on (fastclr/eval/cache.py)."""
+    cfg, (k, _) = s.cfg, s.knn_k()
+
+    def compute() -> dict:
+        rand = evaluate_encoder(random_init_like(s.encoder, s.seed + 1), s.train, s.test,
+                                s.device, cfg.eval_batch_size, k, cfg.knn_temperature,
+                                cfg.image_size)
+        pix = evaluate_features(pixel_features(s.train.images).to(s.device), s.train.labels,
+                                pixel_features(s.test.images).to(s.device), s.test.labels,
+                                k, cfg.knn_temperature)
+        return {"random_init_linear_top1": rand["linear_top1"],
+                "random_init_knn_top1": rand["knn_top1"],
+                "pixels_linear_top1": pix["linear_top1"], "pixels_knn_top1": pix["knn_top1"]}
+
+    key = baselines_key(s.train, s.test, encoder_spec_dict(s.encoder.spec), s.seed + 1, k,
+                        cfg.knn_temperature, cfg.image_size, s.device.type)
+    result, hit = cached("baselines", key, compute)
+    return {**result, "baselines_cached": hit}
+
+
+def run_transforms(s: Session) -> dict:
+    """The paper's Table 3: what h keeps that z = g(h) throws away (fastclr/eval/transforms.py)."""
+    from fastclr.eval.transforms import (FIT_IMAGES, SCORE_IMAGES, pretrained_with,
+                                         transformation_probe)
+
+    g = torch.Generator().manual_seed(s.seed)
+    fit = s.train.images[torch.randperm(len(s.train), generator=g)[:FIT_IMAGES]]
+    score = s.test.images[torch.randperm(len(s.test), generator=g)[:SCORE_IMAGES]]
+    rows = transformation_probe(s.encoder, s.head, fit, score, crop_flip_augment(s.cfg),
+                                seed=s.seed, device=s.device, batch_size=s.cfg.eval_batch_size)
+    return {"transforms": rows, "transforms_images": [len(fit), len(score)],
+            "transforms_pretrained_with": pretrained_with(s.cfg)}
 
 
 def run_diagnostics(s: Session) -> dict:
@@ -155,13 +190,11 @@ def run_diagnostics(s: Session) -> dict:
 
 
 def run_plots(s: Session) -> dict:
-    from fastclr.eval import plots
+    from fastclr.eval import dynamics, plots
 
     written = []
-    metrics = s.weights.run_dir / "metrics.jsonl" if s.weights.run_dir else None
-    if metrics is not None and metrics.is_file():
-        plots.plot_training_curves(plots.read_metrics(metrics), s.out_dir / "training_curves.png")
-        written.append("training_curves.png")
+    if s.weights.run_dir is not None:  # training curves, and the tracking record's pictures
+        written += [p.name for p in dynamics.draw(s.weights.run_dir, s.out_dir, s.seed)]
     h_train, h_test = s.h()
     g = torch.Generator().manual_seed(s.seed)
     pick = torch.randperm(len(h_test), generator=g)[:MAP_IMAGES]

@@ -39,7 +39,8 @@ def format_report(report: dict) -> str:
              "random_init_knn_top1"),
             ("raw pixels: L-BFGS", "pixels_linear_top1", None, "pixels_knn_top1")]
     if any(r[1] in report for r in rows):
-        lines.append(f"{'':40}{'top-1':>9}{'top-5':>9}{'kNN top-1':>11}")
+        knn = f"kNN k={report['knn_k']}" if "knn_k" in report else "kNN top-1"
+        lines.append(f"{'':40}{'top-1':>9}{'top-5':>9}{knn:>11}")
         for label, top1, top5, knn in rows:
             if top1 in report or (knn and knn in report):
                 lines.append(f"{label:40}{_pct(report, top1):>9}"
@@ -53,6 +54,8 @@ def format_report(report: dict) -> str:
         cells = "  ".join(f"k={k}: {100 * v:.2f}%" for k, v in report["knn_table"].items())
         lines.append(f"kNN on h (cosine, weighted, T={report.get('knn_temperature', 0.1):g}): "
                      f"{cells}")
+        if report.get("knn_k_why"):
+            lines.append(f"  headline kNN: {report['knn_k_why']}")
     for pct in (1, 10):
         key = f"finetune_{pct}pct"
         if f"{key}_top1" in report:
@@ -72,9 +75,40 @@ def format_report(report: dict) -> str:
                                  "contrastive_top1", "{:.2%}")):
             lines.append(f"{label:44}" + "".join(
                 f"{fmt.format(report[f'{key}_{s}']):>10}" for s in spaces))
-    if report.get("plots"):
-        lines.append("pictures: " + ", ".join(report["plots"]))
+    if report.get("transforms"):
+        lines += _transforms_table(report)
     if report.get("seconds"):
+        cached = {"baselines": " (cached)"} if report.get("baselines_cached") else {}
         lines.append("seconds per protocol: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in report["seconds"].items()))
+            f"{k} {v:.0f}{cached.get(k, '')}" for k, v in report["seconds"].items()))
     return "\n".join(lines)
+
+
+def _transforms_table(report: dict) -> list[str]:
+    """Table 3 of the paper beside this encoder's figures."""
+    fit, score = report.get("transforms_images", ["?", "?"])
+    lines = [f"Table 3, what h keeps that z = g(h) drops: an MLP names the transformation "
+             f"({fit} / {score} images)",
+             f"{'':30}{'h':>9}{'z':>9}{'paper h':>10}{'paper z':>10}{'chance':>9}"]
+    notes = []
+    for row in report["transforms"].values():
+        cells = [_pct1(row.get("h")), _pct1(row.get("z")), _pct1(row["paper_h"]),
+                 _pct1(row["paper_z"]), _pct1(row["chance"])]
+        line = f"  {row['label']:28}" + "".join(
+            f"{c:>{w}}" for c, w in zip(cells, (9, 9, 10, 10, 9)))
+        if row.get("why"):
+            notes.append(f"  {'*' * (len(notes) + 1)} {row['why']}")
+            line += " " + "*" * len(notes)
+        lines.append(line)
+    lines += notes
+    extra = report.get("transforms_pretrained_with") or []
+    lines.append("  the paper adds rotation, noise and Sobel to its pretraining augmentation for "
+                 "the last 3 rows;")
+    lines.append(f"  this run's augmentation had {', '.join(extra)}" if extra else
+                 "  this run's had none of them: its rows say what h and z keep of "
+                 "transformations never to be ignored")
+    return lines
+
+
+def _pct1(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

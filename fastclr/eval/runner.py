@@ -15,6 +15,7 @@ import torch
 
 from fastclr.checkpoint import atomic_write
 from fastclr.data import ImageSet, get_spec, load_split
+from fastclr.data.load import name_skipped
 from fastclr.errors import ConfigError, DataError
 from fastclr.eval.features import require_channels
 from fastclr.eval.protocols import LINEAR_AUG_EPOCHS, Session
@@ -23,7 +24,7 @@ from fastclr.eval.weights import Weights, load_weights
 from fastclr.registry import PROTOCOLS
 
 # the protocols run by default; PROTOCOLS holds every one, in the order they run
-FAST = ("linear", "knn", "baselines", "diagnostics", "plots")
+FAST = ("linear", "knn", "baselines", "diagnostics", "transforms", "plots")
 # left out of 'all' (they run when named): the paper's full 90-epoch linear evaluation
 ONLY_BY_NAME = ("linear-b6",)
 
@@ -59,6 +60,8 @@ def _labeled_splits(cfg) -> tuple[ImageSet, ImageSet]:
     size = cfg.image_size  # folder sets decode at the training resolution
     train = load_split(cfg.data, spec.train, cfg.data_dir, cfg.download, size=size)
     test = load_split(cfg.data, spec.test, cfg.data_dir, cfg.download, size=size)
+    for split, images in ((spec.train, train), (spec.test, test)):
+        name_skipped(cfg.data, split, images.source, images.skipped)
     if train.labels is None or test.labels is None:
         raise DataError(f"{cfg.data} has no labels, so it cannot be evaluated; use "
                         "`fastclr embed` to export its features")
@@ -109,6 +112,8 @@ def evaluate_weights(weights: Weights, protocols=FAST, device="cpu", out_dir=Non
                    "width": weights.encoder.spec.width, "encoder_step": weights.step,
                    "weights": str(weights.path), "head_known": weights.head is not None,
                    "eval_train_images": len(train), "eval_test_images": len(test),
+                   "eval_skipped_files": {"train": len(train.skipped),
+                                          "test": len(test.skipped)},
                    "seed": seed})
     if weights.kind == "run":
         report["epochs"] = cfg.epochs

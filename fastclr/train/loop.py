@@ -1,7 +1,8 @@
 """The pretraining loop (SimCLR algorithm 1), the same code on a laptop CPU and on many GPUs.
 
 `Trainer.fit` resumes or starts a run, trains it step by step (`step.Run.train_step`), logs,
-checkpoints, watches the kNN monitor, and exports the encoder. The step never reads a tensor on
+checkpoints, watches the kNN monitor, tracks how h and z form (fastclr.eval.tracking), and
+exports the encoder. The step never reads a tensor on
 the host; losses and skipped steps are read once per log line (`RunningStats`).
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from fastclr import distributed
 from fastclr.augment import engine as augment_engine
+from fastclr.augment.pipeline import augment_from_config
 from fastclr.checkpoint import (checkpoint_path, export_encoder, latest_checkpoint,
                                 load_checkpoint, prune_checkpoints, remove_stale_temp,
                                 save_checkpoint)
@@ -26,6 +28,7 @@ from fastclr.data import check_evaluation_data, get_spec, load_pretrain
 from fastclr.data.batches import InMemoryBatches
 from fastclr.errors import CheckpointError
 from fastclr.eval.monitor import Monitor, OnlineProbe
+from fastclr.eval.tracking import Tracker, tracking_steps
 from fastclr.optim import lr_at
 from fastclr.train.runfolder import (MetricsLog, RunLock, RunRecord, check_identity,
                                      default_run_dir, find_resume, log_skipped,
@@ -85,7 +88,7 @@ class Trainer:
         self.cfg, self.ctx, self.progress = with_absolute_paths(cfg), ctx, progress
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         self.step, self.best_knn, self.seconds_before = 0, -1.0, 0.0
-        self.monitor = self.labels = self.metrics = self.bar = None
+        self.monitor = self.tracker = self.labels = self.metrics = self.bar = None
 
     def fit(self) -> Path:
         cfg, ctx = self.cfg, self.ctx
@@ -98,6 +101,7 @@ class Trainer:
             run.forward.train()
             try:
                 with StopSignals() as signals:
+                    self._track(start=True)
                     while self.step < self.last_step:
                         epoch = self.step // spe
                         for images, labels in self._batches(epoch):
@@ -110,6 +114,7 @@ class Trainer:
                             if (self.step % cfg.log_every == 0 or done or self.step % spe == 0
                                     or alone):
                                 self._log_line(stats, signals, done)
+                            self._track()
                             if self.step % cfg.checkpoint_every == 0 and not done:
                                 self._save()
                             if done:
@@ -192,9 +197,13 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _set_up_watchers(self, pretrain) -> None:
-        """The kNN monitor and the online probe, each only where the data set has labels, and
-        the label batches the probe and the supervised objective read."""
+        """The tracker; the kNN monitor and the online probe, each only where the data set has
+        labels; and the label batches the probe and the supervised objective read."""
         cfg, ctx = self.cfg, self.ctx
+        if cfg.track_every and ctx.is_main:
+            every = tracking_steps(cfg, self.run.batches.steps_per_epoch)
+            self.tracker = Tracker(cfg, ctx.device, self.run_dir, every,
+                                   augment_from_config(cfg, pretrain.shape[0]), self.step)
         labeled = get_spec(cfg.data).labeled
         if cfg.knn_every and not labeled:
             log.info("kNN monitor off: %s has no labels", cfg.data)
@@ -263,6 +272,26 @@ class Trainer:
             self.record.update(self.step)
         self.tick = time.perf_counter()  # saving is not training: keep it out of views/s
 
+    def _track(self, start: bool = False) -> None:
+        """A tracking point, if one is due at this step; at the start of a session only if it
+        is not recorded yet (a resumed run may have measured its step before it stopped)."""
+        t = self.tracker
+        if t is None or not t.due(self.step, self.last_step) or (start and t.recorded(self.step)):
+            return
+        scalars, cosines = t(self.run.model, self.step)
+        self.metrics.write(self.step, {"epoch": self.step / self.run.batches.steps_per_epoch,
+                                       **scalars})
+        self.metrics.histograms(self.step, cosines)
+        self.tick += scalars["dynamics/seconds"]  # not training: keep it out of views/s
+        get = lambda m, s: scalars.get(f"dynamics/{m}_{s}", float("nan"))  # noqa: E731
+        knn = "" if t.k is None else (f"kNN top-1 h {100 * get('knn_top1', 'h'):.1f}%, "
+                                      f"z {100 * get('knn_top1', 'z'):.1f}%; ")
+        log.info("step %d: %scontrastive top-1 z %.1f%%; effective rank h %.1f, z %.1f; "
+                 "cosine of positives %.2f, negatives %.2f (z) [%.1f s]", self.step, knn,
+                 100 * get("contrastive_top1", "z"), get("effective_rank", "h"),
+                 get("effective_rank", "z"), get("cos_pos", "z"), get("cos_neg", "z"),
+                 scalars["dynamics/seconds"])
+
     def _monitor_due(self) -> bool:
         spe = self.run.batches.steps_per_epoch
         return self.monitor is not None and (self.step // spe) % self.cfg.knn_every == 0
@@ -297,9 +326,21 @@ class Trainer:
                   else f"stopped at --max-steps {self.cfg.max_steps}")
         log.info("pretraining done: %d steps, %.1f s of training; encoder saved to %s",
                  self.step, self._seconds(), exported)
+        if self.tracker is not None and self.tracker.points:
+            self._log_tracking_cost()
         if self.run.batches.failures:
             log.warning("%d times an image failed to decode and another took its place (the "
                         "files are named above)", self.run.batches.failures)
+
+    def _log_tracking_cost(self) -> None:
+        t, total = self.tracker, time.perf_counter() - self.loop_start
+        share = t.seconds / max(total, 1e-9)
+        log.info("tracking: %d points in this session, %.1f s of its %.1f s (%.1f%%); "
+                 "`fastclr inspect %s` draws them", t.points, t.seconds, total, 100 * share,
+                 self.run_dir)
+        if share > 0.05:
+            log.warning("tracking took more than 5% of training: raise --track-every or "
+                        "lower --track-images")
 
     def _end(self, outcome: str) -> None:
         if self.bar is not None:
@@ -329,6 +370,11 @@ class Trainer:
                  ctx.device, len(pretrain), tuple(pretrain.shape), held, cfg.arch, cfg.width,
                  cfg.stem, cfg.batch_size, cfg.epochs, run.total_steps, run.peak_lr,
                  cfg.optimizer, ctx.world_size)
+        t = self.tracker
+        if t is not None:
+            log.info("tracking h and z every %d steps on %d held-out training images%s", t.every,
+                     len(t.probe), "" if t.k is None else
+                     f" (kNN: k={t.k} against {len(t.bank)} other training images)")
         if ctx.device.type == "cpu" and augment_engine.NATIVE is None:
             log.info("augmentation runs on PyTorch tensor ops: fastclr's C kernel was not built "
                      "(no C compiler at install time?), so CPU augmentation is several times "

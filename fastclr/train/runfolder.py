@@ -4,8 +4,11 @@
                 run.json           the data set, and every start and resume of the run (command,
                                    revision, start, end, steps covered, outcome), appended
                 train.log          the log lines
-                metrics.jsonl      one JSON object per log line (and per kNN evaluation)
+                metrics.jsonl      one JSON object per log line (and per kNN evaluation and
+                                   tracking point: keys dynamics/*)
                 tensorboard/       the same metrics for TensorBoard
+                dynamics/          the tracking record: probe.json, step-<step>.npz
+                                   (fastclr.eval.tracking)
                 train_time.json    wall seconds of pretraining, over all sessions
                 checkpoints/       see fastclr.checkpoint
                 .lock              held by the one process that writes here
@@ -32,6 +35,7 @@ import torch
 from fastclr.checkpoint import atomic_write, latest_checkpoint
 from fastclr.config import (Config, config_from_dict, identity_options, read_yaml, save_config,
                             with_absolute_paths)
+from fastclr.data import get_spec
 from fastclr.errors import CheckpointError, ConfigError, RunFolderError
 from fastclr.spec import EncoderSpec, HeadSpec, option_names
 
@@ -222,15 +226,12 @@ def write_config(run_dir: Path, cfg: Config) -> None:
 
 
 def log_skipped(pretrain, named: int = 50) -> None:
-    """Name the files the data set index could not read, once, in the run log."""
-    if not pretrain.skipped:
-        return
-    log.warning("%s: skipped %d unreadable files in %s (listed in run.json):", pretrain.name,
-                len(pretrain.skipped), pretrain.source)
-    for path, why in pretrain.skipped[:named]:
-        log.warning("  skipped %s (%s)", path, why)
-    if len(pretrain.skipped) > named:
-        log.warning("  ... and %d more", len(pretrain.skipped) - named)
+    """Name the files the data set index could not read, once, in the run log (all of them
+    are listed in run.json)."""
+    from fastclr.data.load import name_skipped
+
+    split = ",".join(get_spec(pretrain.name).pretrain) if pretrain.name else "pretraining"
+    name_skipped(pretrain.name, split, pretrain.source, pretrain.skipped, named)
 
 
 # ---- metrics and logs -----------------------------------------------------------------------
@@ -263,6 +264,12 @@ class MetricsLog:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     self.tb.add_scalar(k, v, step)
+
+    def histograms(self, step: int, values: dict) -> None:
+        """Distributions (tensors of values) to TensorBoard only; metrics.jsonl keeps scalars."""
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_histogram(k, v.float().cpu(), step)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -466,11 +466,17 @@ def test_train_on_a_folder_skips_labeled_evaluation(tmp_path, stream_dir, capsys
     rc = main(["train", "--data", f"folder:{stream_dir}", "--arch", "resnet18", "--width",
                "0.125", "--stem", "small-s2", "--image-size", "16", "--batch-size", "4",
                "--epochs", "1", "--max-steps", "2", "--num-workers", "0", "--knn-every", "1",
+               "--track-every", "1", "--track-images", "16",
                "--run-dir", str(run_dir), "--tensorboard", "false", "--final-eval", "true",
                "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "has no labels: skipping the linear-probe and kNN evaluation" in out
     assert "kNN monitor off" in out and (run_dir / "encoder.safetensors").is_file()
+    # tracked without labels: every measure but kNN, on all 14 images (no bank to keep)
+    assert "tracking h and z every 3 steps on 14 held-out training images\n" in out
+    points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if "dynamics/alignment_z" in line]
+    assert [p["step"] for p in points] == [0, 2] and "dynamics/knn_top1_h" not in points[0]
     data = json.loads((run_dir / "run.json").read_text())["run"]["data"]
     assert data["images"] == 14 and data["shape"] == [3, 16, 16] and data["held"] == "streamed"
     assert data["sha256"] == index_folder(stream_dir).fingerprint and data["skipped"] == 0

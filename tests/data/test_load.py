@@ -1,4 +1,5 @@
 import gzip
+import logging
 
 import pytest
 import torch
@@ -46,3 +47,37 @@ def test_batches_split_the_global_batch_across_ranks():
     assert not torch.equal(torch.cat(list(single.epoch(2))), torch.cat(list(single.epoch(1))))
     resumed = list(single.epoch(1, start=3))
     assert len(resumed) == 2 and torch.equal(resumed[0], list(single.epoch(1))[3])
+
+
+def test_unreadable_files_of_every_split_are_named_once(tmp_path):
+    """Training names its split's unreadable files; evaluation names the others' too, and a
+    file met again (the final evaluation after training) is not named twice."""
+    from PIL import Image
+
+    from fastclr.config import Config
+    from fastclr.eval.runner import _labeled_splits
+
+    for split in ("train", "val"):
+        for name, colour in (("cat", (200, 0, 0)), ("dog", (0, 0, 200))):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for k in range(3):
+                Image.new("RGB", (12, 12), colour).save(folder / f"{k}.png")
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"")
+    (tmp_path / "val" / "dog" / "torn.png").write_text("not an image")
+    cfg = Config(data=f"imagefolder:{tmp_path}", image_size=8)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    log = logging.getLogger("fastclr")
+    log.addHandler(handler)  # not caplog: a run's logging set-up stops propagation
+    try:
+        train, test = _labeled_splits(cfg)
+        _labeled_splits(cfg)  # read again in the same process: named already
+    finally:
+        log.removeHandler(handler)
+    named = [m for m in messages if "skipped" in m]
+    assert len(named) == 2
+    assert any("cat/broken.png" in m for m in named) and any("dog/torn.png" in m for m in named)
+    assert len(train) == 6 and len(test) == 6
+    assert [p for p, _ in test.skipped] == ["dog/torn.png"]

@@ -19,8 +19,8 @@ from fastclr.eval.embed import embed, embedding_parts, index_path, write_embeddi
 from fastclr.errors import ConfigError, DataError
 from fastclr.eval.features import EncoderChangedError, extract_features, frozen, state_digest
 from fastclr.eval.monitor import OnlineProbe
-from fastclr.eval.probes import (knn_predict, knn_table, linear_probe, linear_probe_augmented,
-                                 nearest_neighbours)
+from fastclr.eval.probes import (choose_knn_k, k_that_fits, knn_predict, knn_table, linear_probe,
+                                 linear_probe_augmented, nearest_neighbours)
 from fastclr.eval.finetune import balanced_subset, finetune
 from fastclr.models import build_encoder, build_model
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
@@ -192,6 +192,35 @@ def test_knn_matches_a_brute_force_reference():
     for k, acc in table.items():
         ref = knn_reference(train_x.numpy(), train_y.numpy(), test_x.numpy(), k, 0.1, 5)
         assert acc == pytest.approx(float((ref.argmax(1) == test_y.numpy()).mean()))
+
+
+def test_headline_k_fits_the_smallest_class():
+    x, y = blobs(12, 5, 8, spread=3.0, seed=0)  # 12 training images per class
+    k, why = choose_knn_k(x, y, 200, 0.1)
+    assert k in (1, 5) and "exceeds the 12 training images of the smallest class" in why
+    assert choose_knn_k(x, y, 10, 0.1) == (10, None)  # fits: the configured k stays
+    assert k_that_fits(200, y) == 5 and k_that_fits(12, y) == 12
+    assert k_that_fits(200, torch.tensor([0, 1, 1])) == 1
+
+
+def test_cached_results_are_keyed_by_what_they_depend_on(tmp_path):
+    from fastclr.eval.cache import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"top1": 0.5 + len(calls)}
+
+    key = {"data": "fashion-mnist", "train": ["abc", 60000], "seed": 1}
+    first, hit = cached("baselines", key, compute, tmp_path)
+    assert first == {"top1": 1.5} and not hit
+    assert cached("baselines", key, compute, tmp_path) == (first, True) and len(calls) == 1
+    other, hit = cached("baselines", {**key, "seed": 2}, compute, tmp_path)
+    assert other == {"top1": 2.5} and not hit  # another seed: another entry
+    entry = next(p for p in tmp_path.iterdir() if json.loads(p.read_text())["key"]["seed"] == 1)
+    entry.write_text("{torn")  # a damaged entry is recomputed, not trusted
+    assert cached("baselines", key, compute, tmp_path) == ({"top1": 3.5}, False)
 
 
 # ---- diagnostics -------------------------------------------------------------------------------
@@ -440,12 +469,37 @@ def test_format_report_shows_what_is_there():
     assert "80.00%" in text and "60.00%" in text and "+20.00 points" in text
     assert "h: L-BFGS probe (linear, B.8)" in text and "linear-b6" not in text
     assert "k=200: 75.00%" in text and "1% of the labels (600 images" in text
-    assert "random-init" not in text
+    assert "random-init" not in text and "Table 3" not in text
     text = format_report({"linear_b6_cpu_top1": 0.7, "linear_b6_cpu_top5": 0.95,
                           "linear_b6_cpu_epochs": 10, "linear_b6_top1": 0.72,
                           "linear_b6_top5": 0.96, "linear_b6_epochs": 90})
     assert "h: B.6, 90 epochs (linear-b6)" in text and "72.00%" in text
     assert "h: B.6 recipe, 10 epochs (linear-b6-cpu)" in text and "70.00%" in text
+
+
+def test_format_report_names_the_headline_k_and_shows_table_3_beside_the_paper():
+    from fastclr.eval.transforms import TASKS
+
+    rows = {name: {"label": t.label, "chance": t.chance, "paper_h": t.paper_h,
+                   "paper_z": t.paper_z, "h": 0.9, "z": 0.4} for name, t in TASKS.items()}
+    rows["colour"].update(h=None, z=None, why="one-channel images: no colour to remove")
+    report = {"linear_top1": 0.8, "knn_top1": 0.9, "knn_k": 5, "knn_temperature": 0.1,
+              "knn_k_why": "k=200 exceeds the 144 training images of the smallest class",
+              "knn_table": {"1": 0.97, "5": 0.9, "20": 0.85, "200": 0.82},
+              "transforms": rows, "transforms_images": [5000, 2000],
+              "transforms_pretrained_with": [], "baselines_cached": True,
+              "seconds": {"linear": 3.0, "baselines": 0.01}}
+    text = format_report(report)
+    assert "kNN k=5" in text and "exceeds the 144 training images" in text
+    assert "baselines 0 (cached)" in text
+    lines = text.splitlines()
+    colour = next(line for line in lines if "colour vs grayscale" in line)
+    assert "n/a" in colour and "99.3%" in colour and "97.4%" in colour and "80.0%" in colour
+    assert "  * one-channel images: no colour to remove" in lines
+    assert max(len(line) for line in lines) <= 100
+    rotation = next(line for line in lines if "rotation" in line and "%" in line)
+    assert rotation.split()[-5:] == ["90.0%", "40.0%", "67.6%", "25.6%", "25.0%"]
+    assert any("the paper adds rotation, noise and Sobel" in line for line in lines)
 
 
 # ---- pictures ----------------------------------------------------------------------------------
