@@ -224,7 +224,7 @@ def test_top5_is_reported_only_with_more_than_5_classes(tmp_path, capsys):
     report = json.loads((tmp_path / "eval-two" / "report.json").read_text())
     assert "linear_top1" in report and "linear_top5" not in report
     row = next(l for l in capsys.readouterr().out.splitlines()
-               if l.startswith("trained encoder, h "))
+               if l.startswith("h: L-BFGS probe"))
     assert row.split()[-2:] == ["-", "-"]  # no top-5, no kNN
     ten = _export(tmp_path / "ten.safetensors", data_dir=str(SAMPLE))
     assert main(["eval", str(ten), "--protocol", "linear", "--threads", "1"]) == 0
