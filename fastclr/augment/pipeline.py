@@ -78,18 +78,12 @@ class SimCLRAugment:
         if not 0 <= color_strength <= 2.5:
             raise ValueError("color_strength must lie in [0, 2.5] (a hue shift of at most "
                              f"half a turn), got {color_strength}")
-        if color_impl not in COLOR_IMPLS:
-            raise ValueError(f"color_impl must be one of {', '.join(COLOR_IMPLS)}, got "
-                             f"{color_impl!r}")
-        if color_order not in COLOR_ORDERS:
-            raise ValueError(f"color_order must be one of {', '.join(COLOR_ORDERS)}, got "
-                             f"{color_order!r}")
-        if crop_sampler not in CROP_SAMPLERS:
-            raise ValueError(f"crop_sampler must be one of {', '.join(CROP_SAMPLERS)}, got "
-                             f"{crop_sampler!r}")
-        if crop_interpolation not in INTERPOLATIONS:
-            raise ValueError(f"crop_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                             f"got {crop_interpolation!r}")
+        for name, value, allowed in (("color_impl", color_impl, COLOR_IMPLS),
+                                     ("color_order", color_order, COLOR_ORDERS),
+                                     ("crop_sampler", crop_sampler, CROP_SAMPLERS),
+                                     ("crop_interpolation", crop_interpolation, INTERPOLATIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if color_impl != "torchvision" and color_strength > 1.25:
             raise ValueError("the official jitter's contrast and saturation factors lie in "
                              "[1 - 0.8 s, 1 + 0.8 s], which tf.image refuses below 0: "

@@ -50,6 +50,21 @@ def real_images(n: int, size: int, channels: int = 3, seed: int = 0) -> torch.Te
     return images
 
 
+def cuda_views_without_waits(aug, x: torch.Tensor, g: torch.Generator, shape: tuple):
+    """Two views of CUDA images `x`, asserting that drawing and applying never wait for the
+    device (after a warm-up call for CUDA's lazy set-up), that they have `shape` and that
+    they differ and stay in [0, 1]."""
+    aug.two_views(x, g)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        v1, v2 = aug.two_views(x, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert v1.is_cuda and v1.shape == shape
+    assert not torch.equal(v1, v2) and v1.min() >= 0 and v1.max() <= 1
+    return v1, v2
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 255
 

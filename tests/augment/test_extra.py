@@ -13,7 +13,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from augment.test_augment import (FIGURE4_OPS, PIPELINE_TOL, TOL, as_float, assert_rate, gen,
+from augment.test_augment import (FIGURE4_OPS, PIPELINE_TOL, TOL, as_float, assert_rate,
+                                  cuda_views_without_waits, gen,
                                   real_images, reference_sobel, reference_view)
 from fastclr import augment as A
 
@@ -281,11 +282,4 @@ def test_cuda_new_ops_match_cpu():
     for aug in (A.SimCLRAugment(size=32, **FIGURE4_OPS),
                 A.SimCLRAugment(size=32, one_branch=True, ops=("crop", "noise", "rotate"),
                                 **FIGURE4_OPS)):
-        aug.two_views(x, g)                                      # warm-up: lazy CUDA set-up
-        torch.cuda.set_sync_debug_mode("error")                  # drawing and applying never
-        try:                                                     # wait for the device
-            v1, v2 = aug.two_views(x, g)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        assert v1.is_cuda and v1.shape == (16, 3, 32, 32) and not torch.equal(v1, v2)
-        assert v1.min() >= 0 and v1.max() <= 1
+        cuda_views_without_waits(aug, x, g, (16, 3, 32, 32))

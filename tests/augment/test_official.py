@@ -13,7 +13,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from augment.test_augment import PIPELINE_TOL, TOL, as_float, gen, real_images
+from augment.test_augment import (PIPELINE_TOL, TOL, as_float, cuda_views_without_waits, gen,
+                                  real_images)
 from fastclr import augment as A
 
 JITTER_ONLY = dict(ops=("jitter",), color_p=1.0)   # views = the jittered images themselves
@@ -336,11 +337,4 @@ def test_cuda_official_options_match_cpu_without_waiting():
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=PIPELINE_TOL)
     g, x = torch.Generator(device="cuda").manual_seed(0), images.cuda()
     aug = A.SimCLRAugment(**options)
-    aug.two_views(x, g)                                          # warm-up: lazy CUDA set-up
-    torch.cuda.set_sync_debug_mode("error")                      # drawing and applying never
-    try:                                                         # wait for the device
-        v1, v2 = aug.two_views(x, g)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert v1.is_cuda and v1.shape == (16, 3, 32, 32) and not torch.equal(v1, v2)
-    assert v1.min() >= 0 and v1.max() <= 1
+    cuda_views_without_waits(aug, x, g, (16, 3, 32, 32))
