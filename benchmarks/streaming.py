@@ -103,7 +103,7 @@ def main() -> None:
 
     crops = None
     if args.stream_crop == "full":
-        from fastclr.augment.params import CropBoxes
+        from fastclr.augment.crops import CropBoxes
         crops = CropBoxes((0.08, 1.0), (3 / 4, 4 / 3), args.crop_sampler)
     ours = StreamingBatches(files, args.size, args.batch_size, seed=0,
                             num_workers=args.workers, crops=crops)

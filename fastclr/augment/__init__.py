@@ -23,7 +23,7 @@ of `color_jitter_nonrand` in its code, whose default, like torchvision's, is a r
 per image); see `apply`. The official code's choices are options (docs/fidelity.md): its
 jitter (tf.image's formulas, the first release's additive brightness, a random order;
 `colour.jitter`, tensor ops), its crop sampler (tf.image.sample_distorted_bounding_box,
-`params._sample_crops_official`) and bicubic resize (`resample._bicubic_taps`).
+`crops._sample_crops_official`) and bicubic resize (`resample._bicubic_taps`).
 
 Ops are chosen by name (`OPS`, in fastclr.augment.ops, which imports without torch: this
 package imports its modules on first use), and `SimCLRAugment(one_branch=True)` gives

@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 
 from fastclr.augment.engine import apply
-from fastclr.augment.ops import check_ops
-from fastclr.augment.ops import OPS
-from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, CROP_SAMPLERS, AugmentParams,
-                                    CropBoxes, cat_params, crop_within, sample_params)
+from fastclr.augment.crops import CROP_SAMPLERS, CropBoxes
+from fastclr.augment.ops import OPS, check_ops
+from fastclr.augment.params import (COLOR_IMPLS, COLOR_ORDERS, AugmentParams, cat_params,
+                                    crop_within, sample_params)
 from fastclr.augment.resample import INTERPOLATIONS
 from fastclr.augment.workspace import Workspace
 
@@ -44,7 +44,7 @@ class SimCLRAugment:
     and torchvision's ColorJitter); those run as tensor ops (`colour.jitter`).
     `crop_sampler` and `crop_interpolation`: torchvision's RandomResizedCrop boxes and
     antialiased bilinear resize (the defaults), or the official code's
-    tf.image.sample_distorted_bounding_box boxes ("official", params._sample_crops_official)
+    tf.image.sample_distorted_bounding_box boxes ("official", crops._sample_crops_official)
     and tf.image.resize's bicubic ("bicubic", resample._bicubic_taps).
     """
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fastclr.augment import SimCLRAugment
-from fastclr.augment.params import CropBoxes
+from fastclr.augment.crops import CropBoxes
 from fastclr.data.batches import StreamingBatches
 from fastclr.data.images import decode_crops, index_folder
 
