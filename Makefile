@@ -48,7 +48,17 @@ demo: install data
 	$(BIN)/fastclr train --config $$preset --download true $(DATA_FLAG) $(ARGS) || exit $$?; \
 	echo "demo: $$(( $$(date +%s) - start )) s of pretraining and evaluation"
 
-test: install data
+# the test suite also runs the optional extras' tests (export to ONNX and timm, Lightning,
+# UMAP): the dev extra's pins from pyproject.toml, installed once into the same venv
+DEV_STAMP := $(VENV)/.dev-installed
+$(DEV_STAMP): $(STAMP) pyproject.toml
+	@echo "adding the test suite's pinned extras (pyproject.toml [dev]) to $(VENV)"
+	@$(BIN)/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', \
+	'rb'))['project']['optional-dependencies']['dev']))" > $(VENV)/dev-requirements.txt
+	$(PIP) -r $(VENV)/dev-requirements.txt
+	touch $(DEV_STAMP)
+
+test: install data $(DEV_STAMP)
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
