@@ -104,8 +104,8 @@ NORMS.declare("batch", "fastclr.norms:batch_norm",
 NORMS.declare("layer", "fastclr.norms:layer_norm",
               "layer norm (Ba et al. 2016): over channels and pixels of each image")
 NORMS.declare("group", "fastclr.norms:group_norm",
-              "group norm (Wu & He 2018), gcd(C, 32) groups, with weight standardisation of "
-              "the convolutions (Qiao et al. 2019)")
+              "group norm (Wu & He 2018), 32 groups of at least 4 channels, with weight "
+              "standardisation of the convolutions (Qiao et al. 2019)")
 NORMS.declare("none", "fastclr.norms:no_norm", "no normalisation layers")
 
 HEADS = Registry("projection head")

@@ -64,3 +64,11 @@ def test_groups_hold_both_views_of_their_images():
     assert torch.allclose(y, torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]),
                           atol=1e-4)
     assert bn.running_mean.item() == pytest.approx(0.1 * 1.0)  # group 0's mean, momentum 0.1
+
+
+def test_group_count_keeps_four_channels_per_group_and_wu_and_he_32_where_wide():
+    from fastclr.norms import group_count
+    assert [group_count(c) for c in (1, 3, 8, 16, 24, 32, 64, 128, 256, 2048)] == \
+        [1, 1, 2, 4, 6, 8, 16, 32, 32, 32]
+    assert all(c % group_count(c) == 0 and c // group_count(c) >= min(c, 4)
+               for c in range(1, 300))
