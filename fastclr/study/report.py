@@ -22,7 +22,7 @@ def metric_value(metrics: dict, name: str) -> float:
     value = metrics.get(name, math.nan)
     if not isinstance(value, (int, float)):
         return math.nan
-    return 100 * value if name.endswith("top1") else float(value)
+    return 100 * value if "top1" in name else float(value)  # accuracies in points
 
 
 def aggregate(values: list[float]) -> tuple[float, float, int]:
