@@ -110,10 +110,13 @@ class Best:
             verdict = FAILS
         else:
             verdict = UNSURE
-        closest = min(others, key=lambda c: results[c][1])
-        _, d, s = results[closest]
-        return Verdict(verdict, f"best mean: {top}; {self.cell} - {closest} = {d:+.2f} points "
-                                f"(spread {s:.2f})")
+        # the comparison that decided: the one not won (a loss first) with the least margin
+        unwon = [c for c in others if results[c][0] != HOLDS] or others
+        decider = min(unwon, key=lambda c: (results[c][0] != FAILS, results[c][1] - results[c][2]))
+        _, d, s = results[decider]
+        more = f"; {len(unwon) - 1} more not beaten by their spread" if len(unwon) > 1 else ""
+        return Verdict(verdict, f"best mean: {top}; {self.cell} - {decider} = {d:+.2f} points "
+                                f"(spread {s:.2f}){more}")
 
 
 @dataclass(frozen=True)

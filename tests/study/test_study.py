@@ -133,6 +133,14 @@ def test_trend_best_alike_gap():
     assert GapShrinks("", (("s2", "u2"), ("s1", "u1")), "m").judge(gaps).verdict == FAILS
 
 
+def test_best_names_the_comparison_that_decided_not_the_closest_mean():
+    # a's mean is 0.8 above b's (spread 0.5: won) and 0.9 above c's (spread 1.2: not won)
+    t = table(a=(80.0, 0.3), b=(79.2, 0.4), c=(79.1, 1.17))
+    verdict = Best("", "a", ("a", "b", "c"), "m").judge(t)
+    assert verdict.verdict == UNSURE
+    assert verdict.detail.startswith("best mean: a; a - c = +0.90 points (spread 1.21)")
+
+
 def test_one_seed_has_no_spread_and_single_values_still_judge():
     t = {"a": {"m": (80.0, float("nan"), 1)}, "b": {"m": (79.0, float("nan"), 1)}}
     assert Better("", "a", "b", "m").judge(t).verdict == HOLDS  # no spread known: s = 0
