@@ -138,6 +138,24 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
+def _preset_options(path: Path, seen: tuple = ()) -> dict:
+    """The options a YAML file sets, typed; `extends: PRESET` takes another preset's first,
+    so a preset that differs from one in a few options says only those."""
+    if path in seen:
+        raise ConfigError(f"config {path} extends itself (through {seen[-1]})")
+    raw = read_yaml(path)
+    options = {}
+    if "extends" in raw:
+        options = _preset_options(resolve_preset(str(raw["extends"])), (*seen, path))
+    for key, value in raw.items():
+        if key in ("name", "extends"):
+            continue
+        if not isinstance(key, str) or key not in _HINTS:
+            raise _unknown(str(key))
+        options[key] = coerce(key, value)
+    return options
+
+
 def load_config(config: str | None = None, overrides: dict | None = None,
                 text_overrides: dict[str, str] | None = None) -> Config:
     """Defaults <- preset/YAML file <- `overrides` (typed) <- `text_overrides` (CLI strings).
@@ -151,13 +169,8 @@ def load_config(config: str | None = None, overrides: dict | None = None,
     name = "custom"
     if config is not None:
         path = resolve_preset(config)
-        raw = read_yaml(path)
-        name = _name_text(raw.get("name", path.stem))
-        for key, value in raw.items():
-            if not isinstance(key, str) or key not in _HINTS:
-                raise _unknown(str(key))
-            if key != "name":
-                base[key] = coerce(key, value)
+        name = _name_text(read_yaml(path).get("name", path.stem))
+        base = _preset_options(path)
     values = dict(base)
     for key, value in (overrides or {}).items():
         if key not in _HINTS or key == "name":

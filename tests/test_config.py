@@ -117,3 +117,15 @@ def test_loss_and_norm_rules():
         load_config(None, text_overrides={"bn_groups": "3", "batch_size": "256"})
     with pytest.raises(ConfigError, match="unknown loss|must be one of"):
         load_config(None, text_overrides={"loss": "infonce"})
+
+
+def test_a_preset_extends_another_and_a_cycle_is_one_error(tmp_path):
+    from fastclr.config import ConfigError, load_config
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: fashion-mnist-cpu\ntemperature: 0.5\n")
+    cfg, parent = load_config(str(child)), load_config("fashion-mnist-cpu")
+    assert cfg.temperature == 0.5 and cfg.epochs == parent.epochs and cfg.name == "child"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(str(loop))
