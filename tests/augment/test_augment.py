@@ -50,6 +50,15 @@ def real_images(n: int, size: int, channels: int = 3, seed: int = 0) -> torch.Te
     return images
 
 
+def assert_cuda_applies_as_cpu(images: torch.Tensor, p) -> None:
+    """The parameters `p` applied on CUDA give the CPU tensor ops' views."""
+    cpu = A.apply(images, p, native=False)
+    moved = A.AugmentParams(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v)
+                               for k, v in vars(p).items()})
+    torch.testing.assert_close(A.apply(images.cuda(), moved).cpu(), cpu, rtol=0,
+                               atol=PIPELINE_TOL)
+
+
 def cuda_views_without_waits(aug, x: torch.Tensor, g: torch.Generator, shape: tuple):
     """Two views of CUDA images `x`, asserting that drawing and applying never wait for the
     device (after a warm-up call for CUDA's lazy set-up), that they have `shape` and that

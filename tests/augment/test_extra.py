@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from augment.test_augment import (FIGURE4_OPS, PIPELINE_TOL, TOL, as_float, assert_rate,
-                                  cuda_views_without_waits, gen,
+                                  assert_cuda_applies_as_cpu, cuda_views_without_waits, gen,
                                   real_images, reference_sobel, reference_view)
 from fastclr import augment as A
 
@@ -273,11 +273,7 @@ def test_crop_within_maps_the_view_frame_into_the_box():
 def test_cuda_new_ops_match_cpu():
     images = real_images(16, 40)
     p = A.sample_params(gen(39), 32, 40, 40, size=32, blur_p=0.5, **FIGURE4_OPS)
-    cpu = A.apply(images, p, native=False)
-    moved = A.AugmentParams(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v)
-                               for k, v in vars(p).items()})
-    cuda = A.apply(images.cuda(), moved)
-    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=PIPELINE_TOL)
+    assert_cuda_applies_as_cpu(images, p)
     g, x = torch.Generator(device="cuda").manual_seed(0), images.cuda()
     for aug in (A.SimCLRAugment(size=32, **FIGURE4_OPS),
                 A.SimCLRAugment(size=32, one_branch=True, ops=("crop", "noise", "rotate"),

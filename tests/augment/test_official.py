@@ -13,7 +13,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from augment.test_augment import (PIPELINE_TOL, TOL, as_float, cuda_views_without_waits, gen,
+from augment.test_augment import (PIPELINE_TOL, TOL, as_float, assert_cuda_applies_as_cpu,
+                                  cuda_views_without_waits, gen,
                                   real_images)
 from fastclr import augment as A
 
@@ -330,11 +331,7 @@ def test_cuda_official_options_match_cpu_without_waiting():
                    blur_p=0.5, color_impl="official-v1", color_order="random",
                    crop_sampler="official", crop_interpolation="bicubic")
     p = A.sample_params(gen(13), 32, 40, 40, **options)
-    cpu = A.apply(images, p, native=False)
-    moved = A.AugmentParams(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v)
-                               for k, v in vars(p).items()})
-    cuda = A.apply(images.cuda(), moved)
-    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=PIPELINE_TOL)
+    assert_cuda_applies_as_cpu(images, p)
     g, x = torch.Generator(device="cuda").manual_seed(0), images.cuda()
     aug = A.SimCLRAugment(**options)
     cuda_views_without_waits(aug, x, g, (16, 3, 32, 32))
