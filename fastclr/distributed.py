@@ -7,7 +7,9 @@ same code runs with rank 0 of 1.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +67,26 @@ def setup(device_pref: str = "auto") -> Context:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device_pref: str = "auto") -> Iterator[Context]:
+    """setup() for the block's length, then leave the group.
+
+    After a clean end every process waits for the others before it closes its connections:
+    with gloo, a process that leaves while a peer still has a collective in flight with it
+    (the scatters of the all-gather's backward are sends that may not have drained yet) can
+    abort that peer ("terminate called without an active exception", SIGABRT). After an error
+    nobody waits: the peer may be gone, and a barrier would hang until the timeout.
+    """
+    ctx = setup(device_pref)
+    try:
+        yield ctx
+    except BaseException:
+        teardown()
+        raise
+    barrier()
+    teardown()
 
 
 def barrier() -> None:

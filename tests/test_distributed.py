@@ -50,8 +50,7 @@ def one_step(rank, world, out, broken, port=0, overrides=None):
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if broken:
         loss.gather_with_grad = _plain_gather
-    ctx = distributed.setup("cpu")
-    try:
+    with distributed.joined("cpu") as ctx:
         options = dict(batch_size=N, warmup_epochs=0.0, sync_bn=True, width=0.125,
                        optimizer="lars", base_lr=0.3)
         cfg = tiny_config(out, **{**options, **(overrides or {})})
@@ -64,8 +63,6 @@ def one_step(rank, world, out, broken, port=0, overrides=None):
         torch.save({"loss": total, "params": {k: v.detach().clone() for k, v in
                                               run.model.state_dict().items()}},
                    f"{out}/rank{rank}.pt")
-    finally:
-        distributed.teardown()
 
 
 def _free_port():
@@ -156,8 +153,7 @@ def loss_grads(rank, world, out, port):
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    distributed.setup("cpu")
-    try:
+    with distributed.joined("cpu"):
         z1, z2 = _loss_batch()
         part = slice(rank * N // world, (rank + 1) * N // world)
         results = []
@@ -167,8 +163,6 @@ def loss_grads(rank, world, out, port):
             loss.backward()
             results.append({"loss": loss.detach(), "g1": a.grad, "g2": b.grad})
         torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        distributed.teardown()
 
 
 def test_every_loss_on_two_processes_equals_one(tmp_path):
@@ -207,3 +201,22 @@ def test_grouped_batch_norm_equals_devices_without_global_bn(tmp_path):
     c.mkdir()
     one_step(0, 1, c, broken=False)
     assert torch.load(c / "rank0.pt")["loss"].item() != pytest.approx(a["loss"].item(), rel=1e-5)
+
+
+def test_leaving_the_group_waits_for_peers_only_after_a_clean_end(monkeypatch):
+    """A clean end: barrier, then destroy (no process closes its connections while a peer's
+    collective is in flight). An error: destroy at once (a barrier could wait on a dead peer)."""
+    from fastclr import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "setup", lambda pref: calls.append("setup") or "ctx")
+    monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed, "teardown", lambda: calls.append("teardown"))
+    with distributed.joined("cpu") as ctx:
+        assert ctx == "ctx"
+    assert calls == ["setup", "barrier", "teardown"]
+    calls.clear()
+    with pytest.raises(KeyError):
+        with distributed.joined("cpu"):
+            raise KeyError("a peer may be gone")
+    assert calls == ["setup", "teardown"]

@@ -42,13 +42,12 @@ log = logging.getLogger("fastclr")
 
 def train(cfg: Config, progress: bool = True) -> Path:
     """Pretrain as `cfg` says; returns the run folder (checkpoints, metrics, encoder, report)."""
-    ctx = distributed.setup(cfg.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return Trainer(cfg, ctx, progress).fit()
+        with distributed.joined(cfg.device) as ctx:
+            return Trainer(cfg, ctx, progress).fit()
     finally:
         torch.use_deterministic_algorithms(deterministic)  # a global switch: put it back
-        distributed.teardown()
 
 
 class RunningStats:

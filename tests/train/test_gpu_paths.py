@@ -98,16 +98,13 @@ def _ddp_worker(rank: int, world: int, out, port: int) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = distributed.setup("cpu")
-    try:
+    with distributed.joined("cpu") as ctx:
         images = _images()
         results = {}
         for compiled in (False, True):
             cfg = tiny_config(out, batch_size=N, warmup_epochs=0.0, compile=compiled)
             results["compiled" if compiled else "eager"] = _train(cfg, images, ctx)
         torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        distributed.teardown()
 
 
 def _free_port() -> int:
