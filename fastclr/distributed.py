@@ -73,11 +73,10 @@ def teardown() -> None:
 def joined(device_pref: str = "auto") -> Iterator[Context]:
     """setup() for the block's length, then leave the group.
 
-    After a clean end every process waits for the others before it closes its connections:
-    with gloo, a process that leaves while a peer still has a collective in flight with it
-    (the scatters of the all-gather's backward are sends that may not have drained yet) can
-    abort that peer ("terminate called without an active exception", SIGABRT). After an error
-    nobody waits: the peer may be gone, and a barrier would hang until the timeout.
+    After a clean end every process waits for the others before it closes its connections,
+    so none leaves while a peer may still have a collective in flight with it (the scatters
+    of the loss's all-gather backward on gloo are sends that may not have drained). After an
+    error nobody waits: the peer may be gone, and a barrier would hang until the timeout.
     """
     ctx = setup(device_pref)
     try:

@@ -23,6 +23,7 @@ import functools
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -33,11 +34,17 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     other processes computed. A plain dist.all_gather would cut those gradients. (Public API
     since torch 1.8, on NCCL and gloo alike; the private functional collectives differ between
     releases.)
+
+    The group is passed at each call, and the module is imported with this one, before any
+    group exists: its functions' default `group=group.WORLD` is evaluated at import, so an
+    import after init_process_group pins that process group in the defaults for good;
+    destroy_process_group cannot free it, it is destroyed during interpreter shutdown
+    instead, and gloo then sometimes aborts the finished process (SIGABRT, "terminate called
+    without an active exception": about 2 in 100 two-process runs here).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x.contiguous()))
+    return torch.cat(all_gather(x.contiguous(), group=dist.group.WORLD))
 
 
 def _similarities(z1: torch.Tensor, z2: torch.Tensor, normalize: bool, distributed: bool):
