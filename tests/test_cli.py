@@ -153,6 +153,9 @@ TINY = ["--data-dir", str(SAMPLE), "--width", "0.125", "--stem", "small-s2", "--
         "--final-eval", "false", "--log-every", "1"]
 
 
+FINISH_AT_ONCE = {"data", "presets", "study"}  # the quick commands below: done in under a second
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
 @pytest.mark.parametrize("command,moment", [
@@ -172,6 +175,8 @@ def test_ctrl_c_at_start_up_is_one_line_and_130(tmp_path, command, moment):
             continue  # the command finished (or had not started) before the Ctrl-C
         if rc == -signal.SIGINT and not err:
             continue  # after the command's end, in Python's teardown (handlers reset): silent
+        if rc == 0 and not err and command in FINISH_AT_ONCE:
+            continue  # it ended between the check that it runs and the signal (a train never)
         assert "Traceback" not in "\n".join(err) and rc == 130, (rc, err)
         assert err == ["fastclr: interrupted"], err
 
