@@ -21,6 +21,10 @@ class RunFolderError(FastclrError):
     """A run folder in use by another process, or made with other training options."""
 
 
+class StudyError(FastclrError):
+    """A study whose runs did not all finish (each failed run's own error is shown first)."""
+
+
 class ExportError(FastclrError):
     """An encoder that a format cannot hold, or an export that cannot be written."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastclr.config import Config, load_config
-from fastclr.errors import ConfigError
+from fastclr.errors import ConfigError, StudyError
 from fastclr.registry import STUDIES
 from fastclr.study.budget import Budget
 from fastclr.study.catalog import Cell, Study
@@ -137,11 +137,13 @@ def run_study(name: str, budget: Budget, root: Path = Path("studies"), jobs: int
         _run_in_processes(left, budget, root, jobs, devices, say)
     results = {job.key: done(job) for job in todo}
     missing = [k for k, v in results.items() if v is None]
+    _record_time(report_dir or root / name, time.perf_counter() - started,
+                 len(left) - len(missing))
     if missing:
-        raise RuntimeError(f"study {name}: runs did not finish: {', '.join(missing)}")
-    report = write_report(study, budget, todo, results, report_dir or root / name, root)
-    _record_time(report_dir or root / name, time.perf_counter() - started, len(left))
-    return report
+        raise StudyError(f"study {name}: {len(missing)} of {len(todo)} runs did not finish "
+                         f"({', '.join(missing)}; their errors are above); the same command "
+                         "runs them again and keeps the finished ones")
+    return write_report(study, budget, todo, results, report_dir or root / name, root)
 
 
 def _run_in_processes(jobs_left: list[Job], budget: Budget, root: Path, jobs: int,
@@ -170,7 +172,10 @@ def run_only(name: str, budget: Budget, root: Path, key: str, device: str) -> di
 
 
 def _record_time(folder: Path, seconds: float, runs: int) -> None:
-    """Wall time of this invocation, kept apart from the report (which must not depend on it)."""
+    """Wall time of this invocation, kept apart from the report (which must not depend on it);
+    one that ran nothing (it only wrote the report again) adds nothing."""
+    if runs == 0:
+        return
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "timing.json"
     try:

@@ -161,3 +161,36 @@ def test_every_shipped_study_plans_with_every_budget(tmp_path):
                 named += list(getattr(claim, "cells", ()))
                 named += [c for pair in getattr(claim, "pairs", ()) for c in pair]
                 assert {n.partition("@")[0] for n in named} <= labels, (name, claim.text)
+
+
+def test_runs_that_did_not_finish_are_one_line_and_keep_the_time_of_those_that_did(
+        tmp_path, monkeypatch, capsys):
+    """--jobs 2 with one run failing in its process: the study ends with one line naming the
+    run (no traceback, no report), and the wall time counts the run that finished."""
+    from fastclr.cli import main
+    from fastclr.registry import STUDIES
+    from fastclr.study import runner
+    from fastclr.study.catalog import Cell, Study
+
+    STUDIES.register("two-test", Study("two-test", "t", "test", "?", (Cell("a", {}),)))
+    budget = tmp_path / "b.yaml"
+    budget.write_text(BUDGET)
+
+    def one_fails(left, budget, root, jobs, devices, say):
+        finished = left[0].run_dir  # stands in for a run that finished: a marker file
+        finished.mkdir(parents=True)
+        (finished / "finished").write_text("")
+    monkeypatch.setattr(runner, "_run_in_processes", one_fails)
+    monkeypatch.setattr(runner, "done", lambda job: {} if (job.run_dir / "finished").exists()
+                        else None)
+    try:
+        rc = main(["study", "two-test", "--budget", str(budget), "--out",
+                   str(tmp_path / "studies"), "--jobs", "2"])
+    finally:
+        STUDIES.unregister("two-test")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert "1 of 2 runs did not finish (a/seed1;" in err[0], err
+    folder = tmp_path / "studies" / "two-test"
+    assert not (folder / "report.md").exists()
+    assert [t["runs"] for t in json.loads((folder / "timing.json").read_text())] == [1]
