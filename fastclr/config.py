@@ -138,15 +138,15 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
-def _preset_options(path: Path, seen: tuple = ()) -> dict:
-    """The options a YAML file sets, typed; `extends: PRESET` takes another preset's first,
-    so a preset that differs from one in a few options says only those."""
-    if path in seen:
-        raise ConfigError(f"config {path} extends itself (through {seen[-1]})")
-    raw = read_yaml(path)
+def _preset_options(path: Path, raw: dict, seen: tuple = ()) -> dict:
+    """The options a YAML file (`raw`, read from `path`) sets, typed; `extends: PRESET` takes
+    another preset's first, so a preset that differs from one in a few options says only those."""
     options = {}
     if "extends" in raw:
-        options = _preset_options(resolve_preset(str(raw["extends"])), (*seen, path))
+        parent = resolve_preset(str(raw["extends"]))
+        if parent in (*seen, path):
+            raise ConfigError(f"config {parent} extends itself (through {path})")
+        options = _preset_options(parent, read_yaml(parent), (*seen, path))
     for key, value in raw.items():
         if key in ("name", "extends"):
             continue
@@ -169,8 +169,9 @@ def load_config(config: str | None = None, overrides: dict | None = None,
     name = "custom"
     if config is not None:
         path = resolve_preset(config)
-        name = _name_text(read_yaml(path).get("name", path.stem))
-        base = _preset_options(path)
+        raw = read_yaml(path)
+        name = _name_text(raw.get("name", path.stem))
+        base = _preset_options(path, raw)
     values = dict(base)
     for key, value in (overrides or {}).items():
         if key not in _HINTS or key == "name":

@@ -137,13 +137,13 @@ def run_study(name: str, budget: Budget, root: Path = Path("studies"), jobs: int
         _run_in_processes(left, budget, root, jobs, devices, say)
     results = {job.key: done(job) for job in todo}
     missing = [k for k, v in results.items() if v is None]
-    _record_time(report_dir or root / name, time.perf_counter() - started,
-                 len(left) - len(missing))
+    report_dir = report_dir or root / name
+    _record_time(report_dir, time.perf_counter() - started, len(left) - len(missing))
     if missing:
         raise StudyError(f"study {name}: {len(missing)} of {len(todo)} runs did not finish "
                          f"({', '.join(missing)}; their errors are above); the same command "
                          "runs them again and keeps the finished ones")
-    return write_report(study, budget, todo, results, report_dir or root / name, root)
+    return write_report(study, budget, todo, results, report_dir, root)
 
 
 def _run_in_processes(jobs_left: list[Job], budget: Budget, root: Path, jobs: int,
