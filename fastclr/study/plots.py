@@ -114,7 +114,7 @@ def _heatmap(study: Study, table: dict, out: Path) -> str:
 def _sizes(points: list, out: Path) -> str:
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
-    for kind in sorted({p[0] for p in points}):
+    for kind in dict.fromkeys(p[0] for p in points):  # in the report table's order
         pts = sorted((p for p in points if p[0] == kind), key=lambda p: p[1])
         ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=[_sd(p[3]) for p in pts],
                     marker="o", capsize=3, label=kind)

@@ -51,7 +51,7 @@ def _cell_text(stat: tuple[float, float, int]) -> str:
     return f"{mean:.2f} ± {sd:.2f}" if math.isfinite(sd) else f"{mean:.2f}"
 
 
-def write_report(study: Study, budget, jobs, results: dict, out: Path, root: Path) -> dict:
+def write_report(study: Study, budget, jobs, results: dict, out: Path) -> dict:
     """report.md, report.json and the PNGs of a finished study in `out`; returns report.json."""
     from fastclr.study import plots
 
@@ -61,6 +61,7 @@ def write_report(study: Study, budget, jobs, results: dict, out: Path, root: Pat
     extra = sizes_summary(study, jobs, results) if study.plot.get("kind") == "sizes" else {}
     pictures = plots.draw(study, table, out, extra)
     seeds = budget.seeds_for(study.name)
+    code = revisions(jobs)
     report = {
         "study": study.name, "title": study.title, "source": study.source,
         "budget": {"name": budget.name, "base": budget.base, "seeds": seeds,
@@ -74,10 +75,11 @@ def write_report(study: Study, budget, jobs, results: dict, out: Path, root: Pat
         "claims": [{"claim": c.text, "paper": c.paper, "verdict": v.verdict,
                     "detail": v.detail} for c, v in verdicts],
         "rule": RULE, "findings": extra.get("findings", []), "pictures": pictures,
+        "sizes": [list(p) for p in extra.get("points", [])], "revisions": code,
     }
     blob = json.dumps(report, indent=2, default=_plain).encode()
     atomic_write(out / "report.json", lambda f: f.write(blob))
-    text = markdown(study, budget, table, verdicts, extra, pictures, jobs, root, out)
+    text = markdown(study, budget, table, verdicts, extra, pictures, code)
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return report
 
@@ -89,11 +91,26 @@ def _measures(study: Study, metrics: dict) -> dict:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+def revisions(jobs) -> dict[str, int]:
+    """{git revision (12 digits, or 'unknown'): how many of the study's runs trained with it}:
+    a study run in several sittings may span code changes, and its report says so."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        try:
+            sessions = json.loads((job.run_dir / "run.json").read_text()).get("sessions", [])
+        except (OSError, ValueError):
+            sessions = []
+        for rev in sorted({(s.get("git_revision") or "unknown")[:12] for s in sessions}
+                          or {"unknown"}):
+            counts[rev] = counts.get(rev, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _plain(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def markdown(study: Study, budget, table, verdicts, extra, pictures, jobs, root, out) -> str:
+def markdown(study: Study, budget, table, verdicts, extra, pictures, code) -> str:
     seeds = budget.seeds_for(study.name)
     options = ", ".join(f"{k}={v}" for k, v in budget.options_for(study.name).items())
     lines = [f"# Study `{study.name}`: {study.title}", "",
@@ -117,20 +134,35 @@ def markdown(study: Study, budget, table, verdicts, extra, pictures, jobs, root,
         if len(header) > len(metrics) + 1:
             row.append("-" if cell.paper is None else f"{cell.paper:.1f}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Claims", "", "| claim | paper | here | verdict |", "|---|---|---|---|"]
-    for claim, verdict in verdicts:
-        lines.append(f"| {claim.text} | {claim.paper or '-'} | {verdict.detail} | "
-                     f"**{verdict.verdict}** |")
-    lines += ["", f"Verdict rule: {RULE}", ""]
+    lines += ["", "## Claims", ""]
+    if verdicts:
+        lines += ["| claim | paper | here | verdict |", "|---|---|---|---|"]
+        for claim, verdict in verdicts:
+            lines.append(f"| {claim.text} | {claim.paper or '-'} | {verdict.detail} | "
+                         f"**{verdict.verdict}** |")
+        lines += ["", f"Verdict rule: {RULE}", ""]
+    else:
+        lines += ["The paper states no claim this study could test; what it measures is in "
+                  "the findings below.", ""]
     if extra.get("findings"):
         lines += ["## Findings", "", *(f"- {f}" for f in extra["findings"]), ""]
+    if extra.get("points"):
+        lines += ["Every size measured (linear top-1 on the test split, mean ± standard "
+                  "deviation over the seeds):", "", "| read as | size | linear top-1 |",
+                  "|---|---|---|"]
+        lines += [f"| {kind} | {size} | {_cell_text((mean, sd, 0))} |"
+                  for kind, size, mean, sd in extra["points"]]
+        lines += [""]
     if pictures:
         lines += ["## Pictures", "", *(f"![{p}]({p})" for p in pictures), ""]
     lines += ["## Reproduce", "", "```bash",
               f"fastclr study {study.name} --budget {budget.argument}", "```", "",
-              f"Run folders: `{Path(root) / study.name / 'cells'}/<cell>/seed<k>` (each an "
-              "ordinary fastclr run folder with its own config.yaml, run.json, report.json).",
-              ""]
+              f"Run folders: `OUT/{study.name}/cells/<cell>/seed<k>`, OUT being the study's "
+              "`--out` (default `studies`); each is an ordinary fastclr run folder with its "
+              "own config.yaml, run.json (the command, the code's git revision, the "
+              "machine) and report.json.", "",
+              "Code: " + ", ".join(f"git revision `{rev}` ({n} run{'s' * (n != 1)})"
+                                   for rev, n in code.items()) + ".", ""]
     return "\n".join(lines)
 
 
@@ -146,10 +178,12 @@ def sizes_summary(study: Study, jobs, results: dict) -> dict:
             for k in sorted({int(k) for r in runs for k in r.get("pca_top1", {})}):
                 points.append((f"PCA of h={cell.factors['h']}", k, *aggregate(
                     [100 * r["pca_top1"][str(k)] for r in runs if str(k) in r.get("pca_top1", {})])[:2]))
-        points.append(("z", cell.factors["z"], *aggregate([metric_value(r, "linear_z_top1")
-                                                         for r in runs])[:2]))
+        points.append((f"z of h={cell.factors['h']}", cell.factors["z"], *aggregate(
+            [metric_value(r, "linear_z_top1") for r in runs])[:2]))
+    reading = ("h", "z", "PCA")  # rows in this order, each by size
     points = sorted({(k, s, m, d) for k, s, m, d in points if math.isfinite(m)},
-                    key=lambda p: (p[0], p[1]))
+                    key=lambda p: (reading.index(p[0].split()[0]),
+                                   int(p[0].split("=")[-1]) if "=" in p[0] else 0, p[1]))
     best = max(points, key=lambda p: p[2])
     within = [p for p in points if p[2] >= best[2] - 1.0]
     smallest = min(within, key=lambda p: (p[1], -p[2]))

@@ -143,7 +143,7 @@ def run_study(name: str, budget: Budget, root: Path = Path("studies"), jobs: int
         raise StudyError(f"study {name}: {len(missing)} of {len(todo)} runs did not finish "
                          f"({', '.join(missing)}; their errors are above); the same command "
                          "runs them again and keeps the finished ones")
-    return write_report(study, budget, todo, results, report_dir, root)
+    return write_report(study, budget, todo, results, report_dir)
 
 
 def _run_in_processes(jobs_left: list[Job], budget: Budget, root: Path, jobs: int,

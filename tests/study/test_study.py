@@ -194,3 +194,38 @@ def test_runs_that_did_not_finish_are_one_line_and_keep_the_time_of_those_that_d
     folder = tmp_path / "studies" / "two-test"
     assert not (folder / "report.md").exists()
     assert [t["runs"] for t in json.loads((folder / "timing.json").read_text())] == [1]
+
+
+def test_the_sizes_report_lists_every_size_names_its_code_and_no_machine_paths(tmp_path):
+    """embedding-size on made-up runs: every size in one table (z read with the h it came
+    from), no empty claims table, the git revisions the runs trained with, no run paths."""
+    from types import SimpleNamespace
+
+    from fastclr.registry import STUDIES
+    from fastclr.study.budget import load_budget
+    from fastclr.study.report import markdown, revisions, sizes_summary, table_of
+
+    study, budget = STUDIES.get("embedding-size"), load_budget("quick")
+    jobs, results = [], {}
+    for i, cell in enumerate(study.cells):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        if i < 3:  # the other runs have no run.json (made outside a git checkout, say)
+            (run_dir / "run.json").write_text(json.dumps(
+                {"sessions": [{"git_revision": "ab" * 20}]}))
+        job = SimpleNamespace(cell=cell, key=cell.label, run_dir=run_dir)
+        jobs.append(job)
+        results[job.key] = {"metrics": {"linear_top1": 0.70 + 0.01 * i,
+                                        "linear_z_top1": 0.60 + 0.01 * i,
+                                        "knn_top1": 0.65, "pca_top1": {"8": 0.5}}}
+    extra = sizes_summary(study, jobs, results)
+    code = revisions(jobs)
+    assert code == {"ab" * 6: 3, "unknown": len(jobs) - 3}
+    text = markdown(study, budget, table_of(study, jobs, results), [], extra, [], code)
+    assert "| claim |" not in text and "states no claim" in text
+    assert "| h | 32 | 70.00 |" in text and "| z of h=64 | 4 | 63.00 |" in text
+    assert "| PCA of h=128 | 8 | 50.00 |" in text
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
+    assert rows.index("| h") < rows.index("| z of h=32") < rows.index("| PCA of h=32")
+    assert f"git revision `{'ab' * 6}` (3 runs), git revision `unknown` (2 runs)" in text
+    assert str(tmp_path) not in text
