@@ -281,7 +281,7 @@ MODEL_SIZE = Study(
         Better("SimCLR gains from depth (ResNet-34 against ResNet-18 at width 1/8)",
                "simclr r34 w=1/8", "simclr w=1/8", paper="Figure 7: R101 and R152 above R50"),
     ),
-    plot={"kind": "bars", "series": "objective"},
+    plot={"kind": "bars", "x": "model", "series": "objective"},
 )
 
 # ---- normalisation: global BN, per-device BN, layer and group norm (section 2.2) -------------

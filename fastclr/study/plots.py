@@ -29,6 +29,8 @@ def _sd(value: float) -> float:
 
 
 def _bars(study: Study, table: dict, out: Path) -> str:
+    if "series" in study.plot:
+        return _grouped_bars(study, table, out)
     metrics = study.plot.get("metrics", ("linear_top1",))
     labels = [c.label for c in study.cells]
     fig = Figure(figsize=(max(5.0, 1.1 * len(labels) * len(metrics) / 1.5 + 2), 3.8))
@@ -45,6 +47,34 @@ def _bars(study: Study, table: dict, out: Path) -> str:
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0,
                   ha="right" if len(labels) > 4 else "center")
     ax.set_ylabel("top-1 (%)")
+    ax.set_title(study.title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save_png(fig, out / "results.png").name
+
+
+def _grouped_bars(study: Study, table: dict, out: Path) -> str:
+    """Linear top-1 with one bar per series (e.g. SimCLR and supervised) at each x (e.g. the
+    model), so that the gap between the series reads at each x."""
+    x_name, series = study.plot["x"], study.plot["series"]
+    xs = list(dict.fromkeys(c.factors[x_name] for c in study.cells))
+    names = list(dict.fromkeys(c.factors[series] for c in study.cells))
+    fig = Figure(figsize=(max(5.0, 1.2 * len(xs) + 2), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    finite = []
+    for i, name in enumerate(names):
+        cells = {c.factors[x_name]: c.label for c in study.cells if c.factors[series] == name}
+        stats = [table[cells[x]]["linear_top1"] if x in cells else (math.nan, math.nan, 0)
+                 for x in xs]
+        finite += [m for m, _, _ in stats if math.isfinite(m)]
+        ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(xs))],
+               [m for m, _, _ in stats], width, yerr=[_sd(sd) for _, sd, _ in stats],
+               capsize=3, label=str(name))
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 3))
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("linear top-1 (%)")
     ax.set_title(study.title, fontsize=9)
     ax.legend(fontsize=8)
     return _save_png(fig, out / "results.png").name

@@ -92,8 +92,9 @@ def _measures(study: Study, metrics: dict) -> dict:
 
 
 def revisions(jobs) -> dict[str, int]:
-    """{git revision (12 digits, or 'unknown'): how many of the study's runs trained with it}:
-    a study run in several sittings may span code changes, and its report says so."""
+    """{git revision (12 digits, or 'unknown'): how many of the study's runs had a session
+    (training, resuming or finding it finished) with that code}: a study run in several
+    sittings may span code changes, and its report says so."""
     counts: dict[str, int] = {}
     for job in jobs:
         try:
@@ -211,6 +212,8 @@ def write_overview(reports: dict[str, dict], out: Path, seconds: dict[str, float
     for name, report in reports.items():
         lines += [f"## {name}: {report['title']}", ""]
         lines += [f"- {c['claim']}: **{c['verdict']}** ({c['detail']})" for c in report["claims"]]
+        if not report["claims"]:  # a study that measures rather than tests
+            lines += [f"- {finding}" for finding in report.get("findings", [])]
         lines += [""]
     path = out / "README.md"
     text = "\n".join(lines)

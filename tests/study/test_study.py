@@ -229,3 +229,39 @@ def test_the_sizes_report_lists_every_size_names_its_code_and_no_machine_paths(t
     assert rows.index("| h") < rows.index("| z of h=32") < rows.index("| PCA of h=32")
     assert f"git revision `{'ab' * 6}` (3 runs), git revision `unknown` (2 runs)" in text
     assert str(tmp_path) not in text
+
+
+def test_every_shipped_study_draws_its_picture_from_made_up_numbers(tmp_path):
+    """Each plot kind (bars, bars per series, lines, heat map, sizes) on a table with one
+    missing value and one seed without spread: a PNG, no error."""
+    import math
+
+    from fastclr.registry import STUDIES
+    from fastclr.study import plots
+
+    for name in STUDIES:
+        study = STUDIES.get(name)
+        metrics = (*study.metrics, "linear_top1")
+        fake = {c.label: {m: (70.0 + i, 0.5 if i else math.nan, 3) for m in metrics}
+                for i, c in enumerate(study.cells)}
+        fake[study.cells[-1].label]["linear_top1"] = (math.nan, math.nan, 0)
+        extra = {"points": [("h", 32, 70.0, 1.0), ("h", 64, 72.0, math.nan),
+                            ("z of h=64", 4, 65.0, 0.5)]}
+        out = tmp_path / name
+        out.mkdir()
+        pictures = plots.draw(study, fake, out, extra)
+        assert pictures and all((out / p).stat().st_size > 1000 for p in pictures), name
+
+
+def test_the_overview_links_each_report_and_gives_findings_where_no_claim_is_tested(tmp_path):
+    from fastclr.study.report import write_overview
+
+    tested = {"title": "T", "source": "Figure 8", "findings": [],
+              "claims": [{"claim": "a beats b", "verdict": HOLDS, "detail": "+2 points"}]}
+    measured = {"title": "M", "source": "the notes", "claims": [],
+                "findings": ["smallest size within 1 point of the best: h of size 64"]}
+    text = write_overview({"t": tested, "m": measured}, tmp_path, {"t": 600.0}).read_text()
+    assert "| [t](t/report.md) | Figure 8 | 1 / 0 / 0 | 10 min |" in text
+    assert "| [m](m/report.md) | the notes | 0 / 0 / 0 | - |" in text
+    assert "- a beats b: **holds** (+2 points)" in text
+    assert "- smallest size within 1 point of the best: h of size 64" in text
