@@ -41,12 +41,17 @@ def _bars(study: Study, table: dict, out: Path) -> str:
         sds = [_sd(table[c][m][1]) for c in labels]
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, means, width, yerr=sds, capsize=3, label=NAMES.get(m, m))
-    finite = [table[c][m][0] for c in labels for m in metrics if math.isfinite(table[c][m][0])]
-    if finite:
-        ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 3))
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0,
                   ha="right" if len(labels) > 4 else "center")
     ax.set_ylabel("top-1 (%)")
+    return _finish_bars(fig, ax, study, [table[c][m][0] for c in labels for m in metrics], out)
+
+
+def _finish_bars(fig, ax, study: Study, means: list[float], out: Path) -> str:
+    """The y range from the finite means, title, legend; writes results.png."""
+    finite = [m for m in means if math.isfinite(m)]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 3))
     ax.set_title(study.title, fontsize=9)
     ax.legend(fontsize=8)
     return _save_png(fig, out / "results.png").name
@@ -61,23 +66,19 @@ def _grouped_bars(study: Study, table: dict, out: Path) -> str:
     fig = Figure(figsize=(max(5.0, 1.2 * len(xs) + 2), 3.8))
     ax = fig.subplots()
     width = 0.8 / len(names)
-    finite = []
+    means = []
     for i, name in enumerate(names):
         cells = {c.factors[x_name]: c.label for c in study.cells if c.factors[series] == name}
         stats = [table[cells[x]]["linear_top1"] if x in cells else (math.nan, math.nan, 0)
                  for x in xs]
-        finite += [m for m, _, _ in stats if math.isfinite(m)]
+        means += [m for m, _, _ in stats]
         ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(xs))],
                [m for m, _, _ in stats], width, yerr=[_sd(sd) for _, sd, _ in stats],
                capsize=3, label=str(name))
-    if finite:
-        ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 3))
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_xlabel(x_name)
     ax.set_ylabel("linear top-1 (%)")
-    ax.set_title(study.title, fontsize=9)
-    ax.legend(fontsize=8)
-    return _save_png(fig, out / "results.png").name
+    return _finish_bars(fig, ax, study, means, out)
 
 
 def _lines(study: Study, table: dict, out: Path) -> str:

@@ -170,21 +170,22 @@ def markdown(study: Study, budget, table, verdicts, extra, pictures, code) -> st
 def sizes_summary(study: Study, jobs, results: dict) -> dict:
     """The embedding-size study's points (kind, size, mean, sd) and the smallest size within
     one point of the best."""
-    points = []
+    rows: dict[str, list] = {"h": [], "z": [], "PCA": []}  # read in this order
     for cell in study.cells:
         runs = [results[j.key]["metrics"] for j in jobs if j.cell.label == cell.label]
+        h = cell.factors["h"]
         if "width" in cell.overrides:
-            points.append(("h", cell.factors["h"], *aggregate([metric_value(r, "linear_top1")
-                                                             for r in runs])[:2]))
+            rows["h"].append((h, "h", h, [metric_value(r, "linear_top1") for r in runs]))
             for k in sorted({int(k) for r in runs for k in r.get("pca_top1", {})}):
-                points.append((f"PCA of h={cell.factors['h']}", k, *aggregate(
-                    [100 * r["pca_top1"][str(k)] for r in runs if str(k) in r.get("pca_top1", {})])[:2]))
-        points.append((f"z of h={cell.factors['h']}", cell.factors["z"], *aggregate(
-            [metric_value(r, "linear_z_top1") for r in runs])[:2]))
-    reading = ("h", "z", "PCA")  # rows in this order, each by size
-    points = sorted({(k, s, m, d) for k, s, m, d in points if math.isfinite(m)},
-                    key=lambda p: (reading.index(p[0].split()[0]),
-                                   int(p[0].split("=")[-1]) if "=" in p[0] else 0, p[1]))
+                rows["PCA"].append((h, f"PCA of h={h}", k, [100 * r["pca_top1"][str(k)]
+                                                          for r in runs
+                                                          if str(k) in r.get("pca_top1", {})]))
+        rows["z"].append((h, f"z of h={h}", cell.factors["z"],
+                          [metric_value(r, "linear_z_top1") for r in runs]))
+    by_h_then_size = lambda row: (row[0], row[2])  # noqa: E731
+    points = [(kind, size, *aggregate(values)[:2]) for group in rows.values()
+              for _, kind, size, values in sorted(group, key=by_h_then_size)]
+    points = [p for p in points if math.isfinite(p[2])]
     best = max(points, key=lambda p: p[2])
     within = [p for p in points if p[2] >= best[2] - 1.0]
     smallest = min(within, key=lambda p: (p[1], -p[2]))
