@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def batch_norm(num_features: int, dims: int) -> nn.Module:
@@ -105,26 +106,29 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.groups == 1:
             return super().forward(x)
-        G, rest = self.groups, x.shape[1:]
-        if x.shape[0] % (2 * G):
-            raise ValueError(f"a batch of {x.shape[0]} views does not split into {G} groups of "
+        G, n, C, rest = self.groups, x.shape[0], x.shape[1], x.shape[2:]
+        if n % (2 * G):
+            raise ValueError(f"a batch of {n} views does not split into {G} groups of "
                              "view pairs")
-        xs = x.reshape(2, G, x.shape[0] // (2 * G), *rest)  # (view, group, image, C, ...)
-        dims = (0, 2, *range(4, xs.dim()))
-        mean = xs.mean(dims, keepdim=True)  # (1, G, 1, C, 1, ...)
-        var = xs.var(dims, keepdim=True, unbiased=False)
-        y = (xs - mean) * torch.rsqrt(var + self.eps)
-        shape = (1, 1, 1, -1) + (1,) * (xs.dim() - 4)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
+        m = n // (2 * G)  # images in a group
+        # One fused batch norm over G * C channels: (view, group, image, C, ...) is laid out
+        # as (view, image, group, C, ...), so channel g * C + c holds channel c of group g.
+        xs = x.reshape(2, G, m, C, *rest).transpose(1, 2).reshape(2 * m, G * C, *rest)
+        stats = (self.running_mean.repeat(G), self.running_var.repeat(G)) \
+            if self.track_running_stats else (None, None)
+        factor = self.momentum
+        if self.track_running_stats and factor is None:  # a cumulative average, as BatchNorm
+            factor = 1.0 / float(self.num_batches_tracked + 1)
+        y = F.batch_norm(xs, *stats, self.weight.repeat(G) if self.affine else None,
+                         self.bias.repeat(G) if self.affine else None, True,
+                         factor or 0.0, self.eps)
+        if self.track_running_stats:  # group 0's, as DDP's broadcast from rank 0 leaves them
             with torch.no_grad():
-                count = xs[:, 0].numel() // rest[0]  # values per channel in group 0
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean[0, 0].flatten(), m)
-                self.running_var.lerp_(var[0, 0].flatten() * count / max(count - 1, 1), m)
+                self.running_mean.copy_(stats[0][:C])
+                self.running_var.copy_(stats[1][:C])
                 self.num_batches_tracked += 1
-        return y.reshape(x.shape).contiguous(memory_format=_format_of(x))
+        y = y.reshape(2, m, G, C, *rest).transpose(1, 2).reshape(x.shape)
+        return y.contiguous(memory_format=_format_of(x))
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:

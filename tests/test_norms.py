@@ -66,6 +66,40 @@ def test_groups_hold_both_views_of_their_images():
     assert bn.running_mean.item() == pytest.approx(0.1 * 1.0)  # group 0's mean, momentum 0.1
 
 
+@pytest.mark.parametrize("shape, memory_format", [((48, 5, 6, 6), torch.channels_last),
+                                                   ((48, 7), torch.contiguous_format)])
+def test_grouped_batch_norm_is_plain_batch_norm_on_each_group(shape, memory_format):
+    """Output, input gradient and running statistics against plain batch norm run on each
+    group's views (both views of its images) separately, as G devices would."""
+    torch.manual_seed(0)
+    G, C = 4, shape[1]
+    x = (torch.randn(shape) * 3 + 1).contiguous(memory_format=memory_format)
+    bn = GroupedBatchNorm(C, G)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    plain = [torch.nn.BatchNorm1d(C) if len(shape) == 2 else torch.nn.BatchNorm2d(C)
+             for _ in range(G)]
+    for p in plain:
+        p.load_state_dict(bn.state_dict())
+    xg, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = bn(xg)
+    n, m = shape[0] // 2, shape[0] // (2 * G)
+    rows = [torch.cat([torch.arange(g * m, (g + 1) * m), n + torch.arange(g * m, (g + 1) * m)])
+            for g in range(G)]
+    ref = torch.empty_like(y)
+    for g, p in enumerate(plain):
+        ref[rows[g]] = p(xp[rows[g]])
+    weights = torch.randn_like(y)
+    (y * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(xg.grad, xp.grad)
+    assert y.is_contiguous(memory_format=memory_format)
+    for k, v in bn.state_dict().items():  # group 0's statistics
+        torch.testing.assert_close(v, plain[0].state_dict()[k], msg=k)
+
+
 def test_group_count_keeps_four_channels_per_group_and_wu_and_he_32_where_wide():
     from fastclr.norms import group_count
     assert [group_count(c) for c in (1, 3, 8, 16, 24, 32, 64, 128, 256, 2048)] == \
