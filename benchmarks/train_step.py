@@ -1,6 +1,6 @@
 """Views/s of fastclr's whole training step, its FLOPs and MFU, against the loop peers use.
 
-    python benchmarks/train_step.py --config fashion-mnist-cpu --device cpu --steps 12
+    python benchmarks/train_step.py --config fashion-mnist-cpu --device cpu     # ~1.5 min, 2 cores
     python benchmarks/train_step.py --config cifar10-resnet18 --device cuda --synthetic \\
         --compile --precision bf16 --steps 60
 
@@ -197,9 +197,12 @@ def parse_args(argv):
     p.add_argument("--config", default="fashion-mnist-cpu",
                    help="preset name or YAML file whose model, batch and augmentation to time")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--steps", type=int, default=12,
+    p.add_argument("--steps", type=int, default=60,
                    help="timed steps of each loop, split into --rounds alternating slices "
-                   "(CPU preset: ~0.5 s a step on 2 cores; H200: 20-60 ms)")
+                   "(CPU preset: ~0.35 s a step on 2 cores; H200: 20-60 ms). Keep 20 or more "
+                   "a slice: the peer's workers and the model's threads reach their long-run "
+                   "contention only over many steps (slices of 4 steps timed the peer loop "
+                   "1.3x faster than its pace in training)")
     p.add_argument("--rounds", type=int, default=3, help="alternating slices (default 3)")
     p.add_argument("--warmup", type=int, default=3,
                    help="untimed steps first (compilation happens here; default 3)")

@@ -1,0 +1,52 @@
+"""The whole-step benchmarks run end to end at a tiny size (their figures are not judged here:
+speed lives in the scripts' output, not in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import SAMPLE
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_train_step_times_both_loops_and_counts_flops():
+    out = run("train_step.py", "--config", "fashion-mnist-cpu", "--device", "cpu",
+              "--synthetic", "--steps", "2", "--rounds", "1", "--warmup", "1",
+              "--batch-size", "16", "--workers", "1", "--threads", "1", "--json")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (r["arch"], r["batch"], r["timed_steps"], r["peer_workers"]) == \
+        ("resnet50", 16, 2, 1)
+    assert r["views_per_s"] > 0 and r["peer_views_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["views_per_s"] / r["peer_views_per_s"], abs=0.01)
+    assert 0 < r["augment_share"] < 1
+    # ResNet-50 x1/8 with the stride-2 stem on 28 px: ~28 MFLOP a view, forward + backward
+    assert 0.02 < r["gflop_per_view"] < 0.04
+
+
+def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):
+    run("time_to_accuracy.py", "--minutes", "0.03", "0.06", "--images", "1000",
+        "--probe-train", "600", "--probe-test", "300", "--slice-seconds", "1",
+        "--workers", "1", "--threads", "1", "--data-dir", str(SAMPLE), "--out", str(tmp_path))
+    r = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert (tmp_path / "time_to_accuracy.png").stat().st_size > 0
+    assert r["marks_min"] == [0.03, 0.06]
+    for side in ("fastclr", "peer"):
+        points = r[side]
+        assert [p["mark_min"] for p in points] == [0.03, 0.06]
+        assert all(p["minutes"] >= p["mark_min"] for p in points)
+        assert 0 < points[0]["step"] <= points[1]["step"]
+        assert all(0.1 < p["linear_top1"] <= 1 for p in points)  # above chance on 10 classes
