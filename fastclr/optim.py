@@ -75,33 +75,41 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["weight_decay"]:
-                    g = g.add(p, alpha=group["weight_decay"])
-                scaled = g * group["lr"]
-                if group["lars"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
-                    scaled = scaled * trust
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                new_buf = buf * group["momentum"] + scaled
-                if self.found_inf is None:
-                    buf.copy_(new_buf)
-                    p.sub_(new_buf)
-                else:  # a bad step leaves parameter and momentum as they were
-                    skip = self.found_inf.to(p.device).bool()
-                    buf.copy_(torch.where(skip, buf, new_buf))
-                    p.sub_(new_buf.masked_fill(skip, 0.0))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One group's step with multi-tensor (foreach) ops: a few calls for the whole group
+        instead of ten per parameter, the same arithmetic in the same order."""
+        grads = [p.grad for p in params]
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        scaled = torch._foreach_mul(grads, group["lr"])
+        if group["lars"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                group["trust_coefficient"] * w_norm / g_norm,
+                                torch.ones_like(w_norm))
+            torch._foreach_mul_(scaled, list(trust.unbind()))
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        new_bufs = torch._foreach_mul(bufs, group["momentum"])
+        torch._foreach_add_(new_bufs, scaled)
+        if self.found_inf is None:
+            torch._foreach_copy_(bufs, new_bufs)
+            torch._foreach_sub_(params, new_bufs)
+            return
+        skip = self.found_inf.to(params[0].device).bool()  # a bad step changes nothing
+        for p, buf, new_buf in zip(params, bufs, new_bufs):
+            buf.copy_(torch.where(skip, buf, new_buf))
+            p.sub_(new_buf.masked_fill(skip, 0.0))
 
 
 def lars(groups: list[dict], momentum: float, trust_coefficient: float) -> LARS:
