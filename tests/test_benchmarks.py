@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     return out
 
@@ -47,6 +47,9 @@ def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):
     for side in ("fastclr", "peer"):
         points = r[side]
         assert [p["mark_min"] for p in points] == [0.03, 0.06]
-        assert all(p["minutes"] >= p["mark_min"] for p in points)
+        # a copy is taken when the loop's clock passes the mark, or earlier where the loop
+        # finished its schedule first (a fast machine: 1,000 images are 15 steps)
+        assert all(p["minutes"] >= p["mark_min"] or p["step"] == r["schedule_steps"]
+                   for p in points)
         assert 0 < points[0]["step"] <= points[1]["step"]
         assert all(0.1 < p["linear_top1"] <= 1 for p in points)  # above chance on 10 classes
