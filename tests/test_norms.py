@@ -106,3 +106,60 @@ def test_group_count_keeps_four_channels_per_group_and_wu_and_he_32_where_wide()
         [1, 1, 2, 4, 6, 8, 16, 32, 32, 32]
     assert all(c % group_count(c) == 0 and c // group_count(c) >= min(c, 4)
                for c in range(1, 300))
+
+
+@pytest.mark.parametrize("channels, affine, momentum", [(8, True, 0.1), (24, True, None),
+                                                         (12, False, 0.1)])
+def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, momentum):
+    """fastclr's BatchNorm2d takes its own backward for channels-last features whose channel
+    count is not a multiple of 16 (PyTorch's slow CPU path there): output, every gradient and
+    the running statistics agree with nn.BatchNorm2d over 3 training steps, then in eval."""
+    from fastclr.norms import BatchNorm2d
+    torch.manual_seed(0)
+    ours = BatchNorm2d(channels, affine=affine, momentum=momentum)
+    ref = torch.nn.BatchNorm2d(channels, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    for step in range(3):
+        # a mean far from 0 (4 standard deviations): the backward centres before it sums
+        x = (torch.randn(32, channels, 7, 7) * 2 + 8).contiguous(memory_format=torch.channels_last)
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo, yr = ours(xo), ref(xr)
+        assert type(yo.grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
+        grad = torch.randn_like(yr) + yr  # correlated with the output, as a loss's would be
+        yo.backward(grad)
+        yr.backward(grad)
+        torch.testing.assert_close(yo, yr)
+        torch.testing.assert_close(xo.grad, xr.grad)
+        assert xo.grad.is_contiguous(memory_format=torch.channels_last)
+        if affine:
+            # sums of 1,568 products in another order: fp32 rounding, relative 1e-5
+            torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+            ours.zero_grad()
+            ref.zero_grad()
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[k], v, msg=k)
+    ours.eval()
+    ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_native_batch_norm_where_its_backward_is_fast():
+    """Multiples of 16 channels, the (N, C, H, W) layout, eval mode, bf16 and no-grad all keep
+    PyTorch's own batch norm."""
+    from fastclr.norms import BatchNorm2d
+    cl = torch.channels_last
+    cases = [(BatchNorm2d(16), torch.randn(4, 16, 5, 5).contiguous(memory_format=cl)),
+             (BatchNorm2d(8), torch.randn(4, 8, 5, 5)),
+             (BatchNorm2d(8).eval(), torch.randn(4, 8, 5, 5).contiguous(memory_format=cl)),
+             (BatchNorm2d(8), torch.randn(4, 8, 5, 5).contiguous(memory_format=cl).bfloat16())]
+    for bn, x in cases:
+        name = type(bn.to(x.dtype)(x.requires_grad_()).grad_fn).__name__
+        assert name != "_ChannelsLastBatchNormBackward", (tuple(x.shape), x.dtype, bn.training)
+    with torch.no_grad():
+        assert BatchNorm2d(8)(torch.randn(4, 8, 5, 5).contiguous(memory_format=cl)).grad_fn \
+            is None

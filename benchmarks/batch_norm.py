@@ -1,0 +1,110 @@
+"""Batch norm's training forward + backward in a preset's encoder: PyTorch's against fastclr's.
+
+    python benchmarks/batch_norm.py [--config fashion-mnist-cpu] [--threads N] [--json]
+
+PyTorch's CPU backward for channels-last features is slow when the channel count is not a
+multiple of 16; fastclr.norms.BatchNorm2d then uses its own backward (matrix-vector products
+over the (N*H*W, C) view). This finds the input shape of every batch norm in the preset's
+encoder (one forward of a batch of 2 x batch_size views, channels-last), and times a training
+forward + backward of each distinct shape with nn.BatchNorm2d and with fastclr's, in
+alternating slices in one process. Shapes where fastclr's is the native one are timed too
+(the ratio there is ~1: both run the same kernel). Per step = time x layers of that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from fastclr.config import load_config  # noqa: E402
+from fastclr.models import build_model  # noqa: E402
+from fastclr.norms import BatchNorm2d  # noqa: E402
+from fastclr.spec import ModelSpec  # noqa: E402
+from train_step import SHAPES  # noqa: E402  (channels, side) of each data set
+
+
+def layer_shapes(cfg) -> Counter:
+    """(N, C, H, W) of each 2-D batch norm's input in the preset's encoder, with counts."""
+    channels, side = SHAPES[cfg.data]
+    side = cfg.image_size or side
+    spec = ModelSpec.from_config(cfg, channels, [0.0] * channels, [1.0] * channels)
+    model = build_model(spec).to(memory_format=torch.channels_last)
+    shapes: Counter = Counter()
+    hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([tuple(a[0].shape)]))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    x = torch.randn(2 * cfg.batch_size, channels, side, side)
+    with torch.no_grad():
+        model(x.contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float]:
+    """Seconds per forward + backward of nn.BatchNorm2d and of fastclr's, alternated."""
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    layers = [nn.BatchNorm2d(shape[1]), BatchNorm2d(shape[1])]
+    totals = [0.0, 0.0]
+
+    def run(layer) -> None:
+        layer(x).backward(grad)
+
+    for layer in layers:
+        run(layer)  # warm-up
+    for _ in range(rounds):
+        for i, layer in enumerate(layers):
+            start = time.perf_counter()
+            for _ in range(steps):
+                run(layer)
+            totals[i] += time.perf_counter() - start
+    return totals[0] / (rounds * steps), totals[1] / (rounds * steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="fashion-mnist-cpu", help="preset name or YAML")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating slices")
+    parser.add_argument("--steps", type=int, default=10, help="calls a slice")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, overrides={"device": "cpu"})
+    rows = []
+    for shape, count in sorted(layer_shapes(cfg).items(), key=lambda kv: (-kv[0][2], kv[0][1])):
+        native, ours = time_pair(shape, args.rounds, args.steps)
+        rows.append({"shape": list(shape), "layers": count, "native_ms": native * 1e3,
+                     "fastclr_ms": ours * 1e3, "own_backward": shape[1] % 16 != 0})
+    total_native = sum(r["native_ms"] * r["layers"] for r in rows)
+    total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
+    result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
+              "per_step_native_ms": total_native, "per_step_fastclr_ms": total_ours,
+              "ratio": total_native / total_ours}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.config}: batch norm forward + backward, {torch.get_num_threads()} threads")
+    print(f"{'input (N, C, H, W)':>22} {'layers':>6} {'PyTorch ms':>11} {'fastclr ms':>11} "
+          f"{'ratio':>6}  backward")
+    for r in rows:
+        print(f"{str(tuple(r['shape'])):>22} {r['layers']:>6} {r['native_ms']:>11.2f} "
+              f"{r['fastclr_ms']:>11.2f} {r['native_ms'] / r['fastclr_ms']:>6.2f}  "
+              f"{'fastclr' if r['own_backward'] else 'native'}")
+    print(f"{'a step, all layers':>22} {sum(r['layers'] for r in rows):>6} {total_native:>11.1f} "
+          f"{total_ours:>11.1f} {result['ratio']:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
