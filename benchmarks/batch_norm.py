@@ -31,7 +31,7 @@ from fastclr.spec import ModelSpec  # noqa: E402
 from train_step import SHAPES  # noqa: E402  (channels, side) of each data set
 
 
-def layer_shapes(cfg) -> Counter:
+def layer_shapes(cfg, batch: int) -> Counter:
     """(N, C, H, W) of each 2-D batch norm's input in the preset's encoder, with counts."""
     channels, side = SHAPES[cfg.data]
     side = cfg.image_size or side
@@ -40,7 +40,7 @@ def layer_shapes(cfg) -> Counter:
     shapes: Counter = Counter()
     hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([tuple(a[0].shape)]))
              for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    x = torch.randn(2 * cfg.batch_size, channels, side, side)
+    x = torch.randn(2 * batch, channels, side, side)
     with torch.no_grad():
         model(x.contiguous(memory_format=torch.channels_last))
     for h in hooks:
@@ -48,8 +48,9 @@ def layer_shapes(cfg) -> Counter:
     return shapes
 
 
-def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float]:
-    """Seconds per forward + backward of nn.BatchNorm2d and of fastclr's, alternated."""
+def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool]:
+    """Seconds per forward + backward of nn.BatchNorm2d and of fastclr's, alternated, and
+    whether fastclr's took its own backward."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
     grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     layers = [nn.BatchNorm2d(shape[1]), BatchNorm2d(shape[1])]
@@ -60,13 +61,14 @@ def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float]:
 
     for layer in layers:
         run(layer)  # warm-up
+    own = type(layers[1](x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
     for _ in range(rounds):
         for i, layer in enumerate(layers):
             start = time.perf_counter()
             for _ in range(steps):
                 run(layer)
             totals[i] += time.perf_counter() - start
-    return totals[0] / (rounds * steps), totals[1] / (rounds * steps)
+    return totals[0] / (rounds * steps), totals[1] / (rounds * steps), own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="fashion-mnist-cpu", help="preset name or YAML")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per step, 2 views each (default: the preset's)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating slices")
     parser.add_argument("--steps", type=int, default=10, help="calls a slice")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -82,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides={"device": "cpu"})
     rows = []
-    for shape, count in sorted(layer_shapes(cfg).items(), key=lambda kv: (-kv[0][2], kv[0][1])):
-        native, ours = time_pair(shape, args.rounds, args.steps)
+    for shape, count in sorted(layer_shapes(cfg, args.batch_size or cfg.batch_size).items(), key=lambda kv: (-kv[0][2], kv[0][1])):
+        native, ours, own = time_pair(shape, args.rounds, args.steps)
         rows.append({"shape": list(shape), "layers": count, "native_ms": native * 1e3,
-                     "fastclr_ms": ours * 1e3, "own_backward": shape[1] % 16 != 0})
+                     "fastclr_ms": ours * 1e3, "own_backward": own})
     total_native = sum(r["native_ms"] * r["layers"] for r in rows)
     total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,

@@ -37,6 +37,19 @@ def test_train_step_times_both_loops_and_counts_flops():
     assert 0.02 < r["gflop_per_view"] < 0.04
 
 
+def test_batch_norm_times_each_shape_of_the_preset_both_ways():
+    out = run("batch_norm.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
+              "--rounds", "1", "--steps", "1", "--threads", "1", "--json")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    # ResNet-50: the stem's, 3 in each of 16 bottlenecks, 4 downsampling ones
+    assert sum(row["layers"] for row in r["rows"]) == 53
+    assert all(row["shape"][0] == 8 for row in r["rows"])  # 2 views of 4 images
+    # fastclr's own backward exactly where the channels are not a multiple of 16 (width 1/8:
+    # the stem's and the first stage's 8)
+    assert {row["shape"][1] for row in r["rows"] if row["own_backward"]} == {8}
+    assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
+
+
 def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):
     run("time_to_accuracy.py", "--minutes", "0.03", "0.06", "--images", "1000",
         "--probe-train", "600", "--probe-test", "300", "--slice-seconds", "1",
