@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides={"device": "cpu"})
     rows = []
-    for shape, count in sorted(layer_shapes(cfg, args.batch_size or cfg.batch_size).items(), key=lambda kv: (-kv[0][2], kv[0][1])):
+    shapes = layer_shapes(cfg, args.batch_size or cfg.batch_size)
+    for shape, count in sorted(shapes.items(), key=lambda kv: (-kv[0][2], kv[0][1])):
         native, ours, own = time_pair(shape, args.rounds, args.steps)
         rows.append({"shape": list(shape), "layers": count, "native_ms": native * 1e3,
                      "fastclr_ms": ours * 1e3, "own_backward": own})
