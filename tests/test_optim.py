@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -96,3 +97,27 @@ def test_skipped_step_changes_nothing(name):
     for p, before in zip(model.parameters(), state):
         for k, v in before.items():
             assert torch.equal(opt.state[p][k], v), (name, k)
+
+
+def test_a_good_step_under_found_inf_is_the_plain_step_bit_for_bit():
+    """The skip-aware path (found_inf set, as every training step sets it) selects over all
+    buffers at once; when nothing is skipped it must equal the plain step exactly, for
+    channels-last conv weights too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2))
+    model = model.to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    plain, guarded = (LARS(param_groups(m, 1e-4), lr=0.1, momentum=0.9) for m in (model, twin))
+    for _ in range(3):
+        x = torch.randn(8, 3, 6, 6)
+        for m, opt in ((model, plain), (twin, guarded)):
+            opt.zero_grad()
+            m(x).pow(2).sum().backward()
+        guarded.found_inf = torch.tensor(0.0)
+        plain.step()
+        guarded.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(a, b)
+            assert torch.equal(plain.state[a]["momentum_buffer"],
+                               guarded.state[b]["momentum_buffer"])
+            assert guarded.state[b]["momentum_buffer"].stride() == b.stride()

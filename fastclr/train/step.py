@@ -26,7 +26,7 @@ from fastclr.errors import ConfigError, DataError
 from fastclr.loss import build_loss
 from fastclr.norms import convert_grouped_batchnorm
 from fastclr.models import SimCLR, build_model, channels_last_ok
-from fastclr.optim import build_optimizer, lr_at, peak_lr
+from fastclr.optim import build_optimizer, flatten, lr_at, peak_lr, unflatten
 from fastclr.spec import ModelSpec
 
 
@@ -78,16 +78,21 @@ class BufferGuard:
     """
 
     def __init__(self, model: nn.Module):
-        self.buffers = [b for b in model.buffers() if b.dtype != torch.bool]
-        self.saved = [b.clone() for b in self.buffers]
+        buffers = [b for b in model.buffers() if b.dtype != torch.bool]
+        # by dtype (running statistics, num_batches_tracked): a few ops a step, not a few
+        # per buffer (a ResNet-50 has 159)
+        self.groups = [[b for b in buffers if b.dtype == dtype]
+                       for dtype in dict.fromkeys(b.dtype for b in buffers)]
+        self.saved = [[b.clone() for b in group] for group in self.groups]
 
     def save(self) -> None:
-        for s, b in zip(self.saved, self.buffers):
-            s.copy_(b)
+        for saved, group in zip(self.saved, self.groups):
+            torch._foreach_copy_(saved, group)
 
     def restore_if(self, bad: torch.Tensor) -> None:
-        for b, s in zip(self.buffers, self.saved):
-            b.copy_(torch.where(bad, s, b))
+        for saved, group in zip(self.saved, self.groups):
+            kept = torch.where(bad, flatten(saved), flatten(group))  # NaN-safe select
+            torch._foreach_copy_(group, unflatten(kept, group))
 
 
 @dataclass

@@ -300,3 +300,42 @@ def test_the_guard_lets_device_work_through_and_restores_tensor_methods():
         y = _t[torch.tensor([1, 0])]  # integer indexing: the size is known
     assert x.item() == pytest.approx(7.0) and y.tolist() == [2.0, 0.5]
     assert _t.numpy().shape == (2,)
+
+
+class _Kernels(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that compute (each a kernel launch on a GPU); views launch nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def test_optimiser_and_buffer_guard_launch_the_same_kernels_for_any_depth():
+    """The skip-aware LARS step and the batch-norm buffer guard work on whole groups of
+    tensors (foreach ops, one select over tensors laid end to end): their kernel count must not
+    grow with the number of layers, as it did with a loop of three ops per tensor."""
+    from fastclr.optim import build_optimizer
+    from fastclr.train.step import BufferGuard
+
+    def kernels(depth: int) -> tuple[int, int]:
+        model = torch.nn.Sequential(*[m for _ in range(depth)
+                                      for m in (torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))])
+        opt, guard = build_optimizer("lars", model, 1e-6), BufferGuard(model)
+        for group in opt.param_groups:
+            group["lr"] = 0.1
+        for _ in range(2):  # the second step is the steady state (momentum buffers exist)
+            guard.save()
+            loss = model(torch.randn(8, 4)).pow(2).sum()
+            loss.backward()
+            opt.found_inf = (~loss.isfinite()).float()
+            with _Kernels() as in_step:
+                opt.step()
+            with _Kernels() as in_guard:
+                guard.restore_if(~loss.isfinite())
+        return in_step.count, in_guard.count
+
+    assert kernels(2) == kernels(12)
