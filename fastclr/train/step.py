@@ -75,24 +75,35 @@ class BufferGuard:
 
     BN updates its running mean/var in the forward pass, before the loss is known; a skipped
     step must not leave NaN statistics behind. Restoring is branch-free (no host sync).
+    The buffers of each dtype (running statistics; num_batches_tracked) are copied end to end
+    into one tensor: three ops a step, not two or three per buffer (a ResNet-50 has 159).
     """
 
     def __init__(self, model: nn.Module):
         buffers = [b for b in model.buffers() if b.dtype != torch.bool]
-        # by dtype (running statistics, num_batches_tracked): a few ops a step, not a few
-        # per buffer (a ResNet-50 has 159)
-        self.groups = [[b for b in buffers if b.dtype == dtype]
+        self.groups = [_LaidOut([b for b in buffers if b.dtype == dtype])
                        for dtype in dict.fromkeys(b.dtype for b in buffers)]
-        self.saved = [[b.clone() for b in group] for group in self.groups]
 
     def save(self) -> None:
-        for saved, group in zip(self.saved, self.groups):
-            torch._foreach_copy_(saved, group)
+        for g in self.groups:
+            torch._foreach_copy_(g.saved_pieces, g.buffers)
 
     def restore_if(self, bad: torch.Tensor) -> None:
-        for saved, group in zip(self.saved, self.groups):
-            kept = torch.where(bad, flatten(saved), flatten(group))  # NaN-safe select
-            torch._foreach_copy_(group, unflatten(kept, group))
+        for g in self.groups:
+            torch.where(bad, g.saved, torch.cat(g.flat_views), out=g.kept)  # NaN-safe select
+            torch._foreach_copy_(g.buffers, g.kept_pieces)
+
+
+class _LaidOut:
+    """Buffers of one dtype, and two tensors as long as all of them, with views cut to their
+    shapes; made once: the buffers are updated in place, so their 1-D views stay theirs."""
+
+    def __init__(self, buffers: list[torch.Tensor]):
+        self.buffers = buffers
+        self.flat_views = [b.view(-1) for b in buffers]
+        self.saved, self.kept = flatten(buffers), flatten(buffers)
+        self.saved_pieces = unflatten(self.saved, buffers)
+        self.kept_pieces = unflatten(self.kept, buffers)
 
 
 @dataclass
