@@ -9,6 +9,9 @@ encoder (one forward of a batch of 2 x batch_size views, channels-last), and tim
 forward + backward of each distinct shape with nn.BatchNorm2d and with fastclr's, in
 alternating slices in one process. Shapes where fastclr's is the native one are timed too
 (the ratio there is ~1: both run the same kernel). Per step = time x layers of that shape.
+Then the whole training step (augmentation, forward, loss, backward, LARS) of two copies of the
+preset's run, one with fastclr.norms.OWN_BACKWARD off, in alternating slices (random images of
+the data set's shape: the timing does not depend on the pixels).
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from fastclr import distributed, norms  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
 from fastclr.models import build_model  # noqa: E402
 from fastclr.norms import BatchNorm2d  # noqa: E402
 from fastclr.spec import ModelSpec  # noqa: E402
-from train_step import SHAPES  # noqa: E402  (channels, side) of each data set
+from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
+from fastclr.train.step import build_run  # noqa: E402
+from train_step import SHAPES, endless, images_for  # noqa: E402
 
 
 def layer_shapes(cfg, batch: int) -> Counter:
@@ -62,13 +68,45 @@ def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool
     for layer in layers:
         run(layer)  # warm-up
     own = type(layers[1](x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
-    for _ in range(rounds):
-        for i, layer in enumerate(layers):
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):  # each goes first in every other round
+            layer = layers[i]
             start = time.perf_counter()
             for _ in range(steps):
                 run(layer)
             totals[i] += time.perf_counter() - start
     return totals[0] / (rounds * steps), totals[1] / (rounds * steps), own
+
+
+def time_steps(cfg, rounds: int, steps: int) -> tuple[float, float]:
+    """Seconds per training step with PyTorch's batch norm and with fastclr's, alternated."""
+    _set_backends(cfg)
+    ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
+    images = images_for(cfg, True, None)
+    loops = []
+    for own in (False, True):
+        norms.OWN_BACKWARD = own
+        torch.manual_seed(0)
+        run = build_run(cfg, ctx, images)
+        loops.append((own, run, endless(run.batches)))
+    totals, step = [0.0, 0.0], 0
+
+    def turn(own: bool, run, batches, count: int) -> float:
+        nonlocal step
+        norms.OWN_BACKWARD = own
+        start = time.perf_counter()
+        for _ in range(count):
+            run.train_step(next(batches), step)
+            step += 1
+        return time.perf_counter() - start
+
+    for loop in loops:
+        turn(*loop, 2)  # warm-up
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            totals[i] += turn(*loops[i], steps)
+    norms.OWN_BACKWARD = True
+    return totals[0] / (rounds * steps), totals[1] / (rounds * steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,15 +116,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per step, 2 views each (default: the preset's)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating slices")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating slices (each side first in every other one)")
     parser.add_argument("--steps", type=int, default=10, help="calls a slice")
+    parser.add_argument("--step-steps", type=int, default=10,
+                        help="training steps a slice in the whole-step timing (0: skip it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, overrides={"device": "cpu"})
+    overrides = {"device": "cpu", "tensorboard": False, "final_eval": False}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    cfg = load_config(args.config, overrides=overrides)
     rows = []
-    shapes = layer_shapes(cfg, args.batch_size or cfg.batch_size)
+    shapes = layer_shapes(cfg, cfg.batch_size)
     for shape, count in sorted(shapes.items(), key=lambda kv: (-kv[0][2], kv[0][1])):
         native, ours, own = time_pair(shape, args.rounds, args.steps)
         rows.append({"shape": list(shape), "layers": count, "native_ms": native * 1e3,
@@ -96,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
               "per_step_native_ms": total_native, "per_step_fastclr_ms": total_ours,
               "ratio": total_native / total_ours}
+    if args.step_steps:
+        native, ours = time_steps(cfg, args.rounds, args.step_steps)
+        result.update(step_native_ms=native * 1e3, step_fastclr_ms=ours * 1e3,
+                      step_ratio=native / ours)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -108,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{'fastclr' if r['own_backward'] else 'native'}")
     print(f"{'a step, all layers':>22} {sum(r['layers'] for r in rows):>6} {total_native:>11.1f} "
           f"{total_ours:>11.1f} {result['ratio']:>6.2f}")
+    if args.step_steps:
+        print(f"{'whole training step':>22} {'':>6} {result['step_native_ms']:>11.1f} "
+              f"{result['step_fastclr_ms']:>11.1f} {result['step_ratio']:>6.2f}  "
+              f"({args.rounds} x {args.step_steps} steps each, alternating)")
     return 0
 
 

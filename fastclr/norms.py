@@ -65,9 +65,13 @@ class BatchNorm2d(nn.BatchNorm2d):
         return _ChannelsLastBatchNorm.apply(x, self.weight, self.bias, *stats, factor, self.eps)
 
 
+# False: PyTorch's batch norm everywhere (benchmarks/batch_norm.py times a step both ways)
+OWN_BACKWARD = True
+
+
 def _slow_native_backward(x: torch.Tensor) -> bool:
     """Where PyTorch's CPU batch-norm backward takes its slow channels-last path (fp32)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    return (OWN_BACKWARD and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and x.shape[1] % 16 != 0 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling())  # inductor lowers batch norm itself

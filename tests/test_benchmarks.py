@@ -39,7 +39,7 @@ def test_train_step_times_both_loops_and_counts_flops():
 
 def test_batch_norm_times_each_shape_of_the_preset_both_ways():
     out = run("batch_norm.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
-              "--rounds", "1", "--steps", "1", "--threads", "1", "--json")
+              "--rounds", "2", "--steps", "1", "--step-steps", "1", "--threads", "1", "--json")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     # ResNet-50: the stem's, 3 in each of 16 bottlenecks, 4 downsampling ones
     assert sum(row["layers"] for row in r["rows"]) == 53
@@ -48,6 +48,7 @@ def test_batch_norm_times_each_shape_of_the_preset_both_ways():
     # the stem's and the first stage's 8)
     assert {row["shape"][1] for row in r["rows"] if row["own_backward"]} == {8}
     assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
+    assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
 
 
 def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):

@@ -148,9 +148,10 @@ def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, 
     torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_native_batch_norm_where_its_backward_is_fast():
+def test_native_batch_norm_where_its_backward_is_fast(monkeypatch):
     """Multiples of 16 channels, the (N, C, H, W) layout, eval mode, bf16 and no-grad all keep
-    PyTorch's own batch norm."""
+    PyTorch's own batch norm, as does everything with OWN_BACKWARD off."""
+    from fastclr import norms
     from fastclr.norms import BatchNorm2d
     cl = torch.channels_last
     cases = [(BatchNorm2d(16), torch.randn(4, 16, 5, 5).contiguous(memory_format=cl)),
@@ -163,3 +164,7 @@ def test_native_batch_norm_where_its_backward_is_fast():
     with torch.no_grad():
         assert BatchNorm2d(8)(torch.randn(4, 8, 5, 5).contiguous(memory_format=cl)).grad_fn \
             is None
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=cl).requires_grad_()
+    assert type(BatchNorm2d(8)(x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
+    monkeypatch.setattr(norms, "OWN_BACKWARD", False)
+    assert type(BatchNorm2d(8)(x).grad_fn).__name__ != "_ChannelsLastBatchNormBackward"
