@@ -42,9 +42,9 @@ class BatchNorm2d(nn.BatchNorm2d):
         factor = self._momentum_now()
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
-        if not torch.jit.is_scripting() and self.training and torch.is_grad_enabled() \
-                and _slow_native_backward(x):
-            return self._own_backward(x, factor)
+        if not torch.jit.is_scripting():  # alone in its test: TorchScript skips the body
+            if self.training and torch.is_grad_enabled() and _slow_native_backward(x):
+                return self._own_backward(x, factor)
         return F.batch_norm(x, self.running_mean if track else None,
                             self.running_var if track else None, self.weight, self.bias,
                             batch_stats, factor, self.eps)
