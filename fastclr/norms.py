@@ -25,7 +25,21 @@ def batch_norm(num_features: int, dims: int) -> nn.Module:
     return BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class _CountsBatches:
+    """For batch norms that compute their training forward themselves."""
+
+    def _count_batch(self) -> float:
+        """Counts a training batch in num_batches_tracked, as nn.BatchNorm2d does, and returns
+        the running statistics' update factor for it (momentum None: a cumulative average)."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
+
+
+class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
     """nn.BatchNorm2d, with its own backward where PyTorch's CPU kernel is slow.
 
     PyTorch's CPU backward for channels-last features takes a slow path when the channel count
@@ -39,7 +53,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.BatchNorm2d.forward's logic, written out: TorchScript compiles no super() call
         self._check_input_dim(x)
-        factor = self._momentum_now()
+        factor = self._count_batch()
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         if not torch.jit.is_scripting():  # alone in its test: TorchScript skips the body
@@ -48,15 +62,6 @@ class BatchNorm2d(nn.BatchNorm2d):
         return F.batch_norm(x, self.running_mean if track else None,
                             self.running_var if track else None, self.weight, self.bias,
                             batch_stats, factor, self.eps)
-
-    def _momentum_now(self) -> float:
-        """The running statistics' update factor this call (counting the call, in training)."""
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # a cumulative average
-                factor = 1.0 / float(self.num_batches_tracked)
-        return factor
 
     @torch.jit.unused
     def _own_backward(self, x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -170,7 +175,7 @@ def standardize_convolutions(module: nn.Module) -> nn.Module:
     return module
 
 
-class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GroupedBatchNorm(_CountsBatches, nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics come from G disjoint groups of the batch.
 
     The batch is the stacked views (2n, C, ...) of n images: rows i and n + i are the two views
@@ -201,17 +206,13 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
         xs = x.reshape(2, G, m, C, *rest).transpose(1, 2).reshape(2 * m, G * C, *rest)
         stats = (self.running_mean.repeat(G), self.running_var.repeat(G)) \
             if self.track_running_stats else (None, None)
-        factor = self.momentum
-        if self.track_running_stats and factor is None:  # a cumulative average, as BatchNorm
-            factor = 1.0 / float(self.num_batches_tracked + 1)
         y = F.batch_norm(xs, *stats, self.weight.repeat(G) if self.affine else None,
                          self.bias.repeat(G) if self.affine else None, True,
-                         factor or 0.0, self.eps)
+                         self._count_batch(), self.eps)
         if self.track_running_stats:  # group 0's, as DDP's broadcast from rank 0 leaves them
             with torch.no_grad():
                 self.running_mean.copy_(stats[0][:C])
                 self.running_var.copy_(stats[1][:C])
-                self.num_batches_tracked += 1
         y = y.reshape(2, m, G, C, *rest).transpose(1, 2).reshape(x.shape)
         return y.contiguous(memory_format=_format_of(x))
 
