@@ -17,10 +17,10 @@ the data set's shape: the timing does not depend on the pixels).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
-import time
 from collections import Counter
 
 import torch
@@ -34,7 +34,7 @@ from fastclr.norms import BatchNorm2d  # noqa: E402
 from fastclr.spec import ModelSpec  # noqa: E402
 from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
 from fastclr.train.step import build_run  # noqa: E402
-from train_step import SHAPES, endless, images_for  # noqa: E402
+from train_step import SHAPES, Timer, endless, images_for  # noqa: E402
 
 
 def layer_shapes(cfg, batch: int) -> Counter:
@@ -54,28 +54,33 @@ def layer_shapes(cfg, batch: int) -> Counter:
     return shapes
 
 
+def alternate(works: list, rounds: int, count: int) -> list[float]:
+    """Seconds per call of each of two works (work(n) makes n calls), timed in `rounds`
+    slices of `count` calls, each work first in every other round."""
+    timers = [Timer(torch.device("cpu")), Timer(torch.device("cpu"))]
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            timers[i].time(works[i], count)
+    return [t.seconds / t.count for t in timers]
+
+
 def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool]:
     """Seconds per forward + backward of nn.BatchNorm2d and of fastclr's, alternated, and
     whether fastclr's took its own backward."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
     grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+
+    def calls(layer):
+        def work(n: int) -> None:
+            for _ in range(n):
+                layer(x).backward(grad)
+        work(1)  # warm-up
+        return work
+
     layers = [nn.BatchNorm2d(shape[1]), BatchNorm2d(shape[1])]
-    totals = [0.0, 0.0]
-
-    def run(layer) -> None:
-        layer(x).backward(grad)
-
-    for layer in layers:
-        run(layer)  # warm-up
     own = type(layers[1](x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
-    for r in range(rounds):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):  # each goes first in every other round
-            layer = layers[i]
-            start = time.perf_counter()
-            for _ in range(steps):
-                run(layer)
-            totals[i] += time.perf_counter() - start
-    return totals[0] / (rounds * steps), totals[1] / (rounds * steps), own
+    native, ours = alternate([calls(layer) for layer in layers], rounds, steps)
+    return native, ours, own
 
 
 def time_steps(cfg, rounds: int, steps: int) -> tuple[float, float]:
@@ -83,30 +88,24 @@ def time_steps(cfg, rounds: int, steps: int) -> tuple[float, float]:
     _set_backends(cfg)
     ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
     images = images_for(cfg, True, None)
-    loops = []
-    for own in (False, True):
+
+    def steps_with(own: bool):
         norms.OWN_BACKWARD = own
         torch.manual_seed(0)
         run = build_run(cfg, ctx, images)
-        loops.append((own, run, endless(run.batches)))
-    totals, step = [0.0, 0.0], 0
+        batches, step = endless(run.batches), itertools.count()
 
-    def turn(own: bool, run, batches, count: int) -> float:
-        nonlocal step
-        norms.OWN_BACKWARD = own
-        start = time.perf_counter()
-        for _ in range(count):
-            run.train_step(next(batches), step)
-            step += 1
-        return time.perf_counter() - start
+        def work(n: int) -> None:
+            norms.OWN_BACKWARD = own
+            for _ in range(n):
+                run.train_step(next(batches), next(step))
+        work(2)  # warm-up
+        return work
 
-    for loop in loops:
-        turn(*loop, 2)  # warm-up
-    for r in range(rounds):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            totals[i] += turn(*loops[i], steps)
-    norms.OWN_BACKWARD = True
-    return totals[0] / (rounds * steps), totals[1] / (rounds * steps)
+    try:
+        return tuple(alternate([steps_with(False), steps_with(True)], rounds, steps))
+    finally:
+        norms.OWN_BACKWARD = True
 
 
 def main(argv: list[str] | None = None) -> int:
