@@ -1,6 +1,6 @@
 """Linear top-1 against minutes of pretraining: fastclr's loop and the loop peers use.
 
-    python benchmarks/time_to_accuracy.py --minutes 1 2 5 10        # ~23 min on 2 cores
+    python benchmarks/time_to_accuracy.py --minutes 1 2 5 10        # 18-23 min on 2 cores
     python benchmarks/time_to_accuracy.py --minutes 0.2 0.5 --images 4000 \\
         --probe-train 2000 --probe-test 1000                         # a smoke test
 
