@@ -121,3 +121,79 @@ def test_a_good_step_under_found_inf_is_the_plain_step_bit_for_bit():
             assert torch.equal(plain.state[a]["momentum_buffer"],
                                guarded.state[b]["momentum_buffer"])
             assert guarded.state[b]["momentum_buffer"].stride() == b.stride()
+
+
+class _ForeachLists(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records, for every foreach op given two or more tensor lists, whether the lists agree
+    index by index in shape and strides: what a GPU's foreach kernels need for their one-launch
+    path (otherwise they launch once per tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        lists = [a for a in args if isinstance(a, (list, tuple)) and a
+                 and all(isinstance(t, torch.Tensor) for t in a)]
+        if func.__name__.startswith("_foreach") and len(lists) >= 2:
+            self.calls.append((func.__name__, all(
+                len({(t.shape, t.stride()) for t in ts}) == 1 for ts in zip(*lists))))
+        return func(*args, **(kwargs or {}))
+
+
+def _conv_model() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 16, 2))
+    return model.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("found_inf", [None, 0.0])
+def test_lars_foreach_lists_match_in_layout_for_channels_last_weights(found_inf):
+    """Parameters, gradients, momentum buffers and the pieces cut from the flat update all
+    keep the parameters' strides (channels-last conv weights included), and no list of 0-d
+    trust ratios multiplies a list of weights."""
+    torch.manual_seed(0)
+    model = _conv_model()
+    opt = build_optimizer("lars", model, 1e-4)
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 6, 6).to(memory_format=torch.channels_last)).pow(2).sum().backward()
+        opt.found_inf = None if found_inf is None else torch.tensor(found_inf)
+        with _ForeachLists() as seen:
+            opt.step()
+    assert seen.calls and all(ok for _, ok in seen.calls), seen.calls
+    for p in model.parameters():
+        assert opt.state[p]["momentum_buffer"].stride() == p.stride()
+
+
+def test_lars_step_is_the_per_parameter_formula_bit_for_bit():
+    """The flat update against the docstring's formula, parameter by parameter, for
+    channels-last weights, over a plain step, a skipped one (found_inf set) and a good one."""
+    torch.manual_seed(0)
+    model = _conv_model()
+    groups = param_groups(model, 1e-4)
+    opt = LARS(groups, lr=0.3, momentum=0.9, trust_coefficient=1e-3)
+    ref = {p: torch.zeros_like(p) for p in model.parameters()}
+    for step, found_inf in enumerate([None, 1.0, 0.0]):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 6, 6).to(memory_format=torch.channels_last)).pow(2).sum().backward()
+        expected = {}
+        for group in groups:
+            for p in group["params"]:
+                g = p.grad + group["weight_decay"] * p.detach()
+                scaled = g * 0.3
+                if group["lars"]:
+                    w_norm, g_norm = p.detach().norm(), g.norm()
+                    if w_norm > 0 and g_norm > 0:
+                        scaled = scaled * (1e-3 * w_norm / g_norm)
+                v = ref[p] * 0.9 + scaled
+                expected[p] = (p.detach() - v, v) if found_inf != 1.0 else (p.detach().clone(),
+                                                                            ref[p])
+        opt.found_inf = None if found_inf is None else torch.tensor(found_inf)
+        opt.step()
+        for p, (w, v) in expected.items():
+            assert torch.equal(p.detach(), w), step
+            assert torch.equal(opt.state[p]["momentum_buffer"], v), step
+            ref[p] = v.clone()

@@ -317,19 +317,22 @@ class _Kernels(torch.utils._python_dispatch.TorchDispatchMode):
 def test_optimiser_and_buffer_guard_launch_the_same_kernels_for_any_depth():
     """The skip-aware LARS step and the batch-norm buffer guard work on whole groups of
     tensors (foreach ops, one select over tensors laid end to end): their kernel count must not
-    grow with the number of layers, as it did with a loop of three ops per tensor."""
+    grow with the number of layers, as it did with a loop of three ops per tensor, nor with
+    a copy per channels-last weight to reorder it."""
     from fastclr.optim import build_optimizer
     from fastclr.train.step import BufferGuard
 
     def kernels(depth: int) -> tuple[int, int]:
-        model = torch.nn.Sequential(*[m for _ in range(depth)
-                                      for m in (torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))])
+        model = torch.nn.Sequential(*[m for _ in range(depth) for m in (
+            torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))])
+        model = model.to(memory_format=torch.channels_last)
         opt, guard = build_optimizer("lars", model, 1e-6), BufferGuard(model)
         for group in opt.param_groups:
             group["lr"] = 0.1
         for _ in range(2):  # the second step is the steady state (momentum buffers exist)
             guard.save()
-            loss = model(torch.randn(8, 4)).pow(2).sum()
+            x = torch.randn(8, 4, 5, 5).to(memory_format=torch.channels_last)
+            loss = model(x).pow(2).sum()
             loss.backward()
             opt.found_inf = (~loss.isfinite()).float()
             with _Kernels() as in_step:
