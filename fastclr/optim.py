@@ -182,16 +182,6 @@ def _dense(shape, stride) -> bool:
     return True
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' values end to end, one 1-D tensor (a copy): one op can then do all."""
-    return Layout(tensors).flatten(tensors)
-
-
-def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`flat` cut into views shaped and strided like `like`; flatten's inverse."""
-    return Layout(like).unflatten(flat)
-
-
 def lars(groups: list[dict], momentum: float, trust_coefficient: float) -> LARS:
     return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient)
 

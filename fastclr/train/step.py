@@ -26,7 +26,7 @@ from fastclr.errors import ConfigError, DataError
 from fastclr.loss import build_loss
 from fastclr.norms import convert_grouped_batchnorm
 from fastclr.models import SimCLR, build_model, channels_last_ok
-from fastclr.optim import build_optimizer, flatten, lr_at, peak_lr, unflatten
+from fastclr.optim import Layout, build_optimizer, lr_at, peak_lr
 from fastclr.spec import ModelSpec
 
 
@@ -99,11 +99,12 @@ class _LaidOut:
     shapes; made once: the buffers are updated in place, so their 1-D views stay theirs."""
 
     def __init__(self, buffers: list[torch.Tensor]):
+        layout = Layout(buffers)
         self.buffers = buffers
         self.flat_views = [b.view(-1) for b in buffers]
-        self.saved, self.kept = flatten(buffers), flatten(buffers)
-        self.saved_pieces = unflatten(self.saved, buffers)
-        self.kept_pieces = unflatten(self.kept, buffers)
+        self.saved, self.kept = layout.flatten(buffers), layout.flatten(buffers)
+        self.saved_pieces = layout.unflatten(self.saved)
+        self.kept_pieces = layout.unflatten(self.kept)
 
 
 @dataclass
