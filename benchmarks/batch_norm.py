@@ -83,33 +83,37 @@ def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool
     return native, ours, own
 
 
-def time_steps(cfg, rounds: int, steps: int) -> tuple[float, float]:
-    """Seconds per training step with PyTorch's batch norm and with fastclr's, alternated."""
+def time_steps(cfg, rounds: int, steps: int, use_own=None) -> tuple[float, float]:
+    """Seconds per training step with PyTorch's kernel and with fastclr's, alternated;
+    `use_own(flag)` switches fastclr's on or off (default: norms.OWN_BACKWARD)."""
+    if use_own is None:
+        def use_own(flag: bool) -> None:
+            norms.OWN_BACKWARD = flag
     _set_backends(cfg)
     ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
     images = images_for(cfg, True, None)
 
     def steps_with(own: bool):
-        norms.OWN_BACKWARD = own
+        use_own(own)
         torch.manual_seed(0)
         run = build_run(cfg, ctx, images)
         batches, step = endless(run.batches), itertools.count()
 
         def work(n: int) -> None:
-            norms.OWN_BACKWARD = own
+            use_own(own)
             for _ in range(n):
                 run.train_step(next(batches), next(step))
-        work(2)  # warm-up
+        work(2)  # warm-up (compilation included)
         return work
 
     try:
         return tuple(alternate([steps_with(False), steps_with(True)], rounds, steps))
     finally:
-        norms.OWN_BACKWARD = True
+        use_own(True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def layer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a per-layer benchmark (this one, pointwise_conv.py)."""
     parser.add_argument("--config", default="fashion-mnist-cpu", help="preset name or YAML")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")
@@ -121,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-steps", type=int, default=10,
                         help="training steps a slice in the whole-step timing (0: skip it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = layer_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0])
+                           ).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"device": "cpu", "tensorboard": False, "final_eval": False}

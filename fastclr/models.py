@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fastclr.norms import norm_factory, standardize_convolutions
@@ -18,6 +20,116 @@ from fastclr.registry import BACKBONES, HEADS, NORMS
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 
 STEMS = ("small", "small-s2", "imagenet")
+
+# False: PyTorch's convolution backward everywhere (benchmarks/pointwise_conv.py times a step
+# both ways)
+OWN_POINTWISE_BACKWARD = True
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 nn.Conv2d whose bf16 training backward on CPU is two matrix products.
+
+    oneDNN's bf16 backward of a 1x1 convolution on CPU is slow on small feature maps: on 2
+    cores, (512, 256, 2, 2) -> 64 channels takes 2.0 ms against 0.31 ms for the same two
+    matrix products over the channels-last (N*H*W, C) views, (512, 64, 7, 7) -> 16 2.0 against
+    0.54, the stride-2 shortcut (512, 128, 4, 4) -> 256 3.8 against 0.68; at 14x14 the
+    convolution wins (benchmarks/pointwise_conv.py). A ResNet-50 at 1/8 width (the CPU preset)
+    has 36 1x1 convolutions, 24 of them on maps where the matrix products win: there, bf16
+    training steps on CPU keep the native forward and take the matrix products backward, the
+    same sums in another order (a bf16 training step of the preset 1.07-1.09x faster); fp32,
+    GPUs and everything else are nn.Conv2d's own.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript skips the body (as in norms.BatchNorm2d)
+            dtype = _pointwise_backward_dtype(x, self.weight, self.stride[0])
+            if dtype is not None:
+                return self._own_backward(x, dtype)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _own_backward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):  # cast here, as autocast would
+            return _PointwiseConv.apply(x.to(dtype), self.weight.to(dtype), self.stride[0])
+
+
+def _pointwise_backward_dtype(x: torch.Tensor, weight: torch.Tensor, stride: int
+                              ) -> torch.dtype | None:
+    """bf16 where the matrix products beat oneDNN's backward (measured on 2 cores: output
+    maps of 16 pixels or fewer, or of 49 or fewer where the layer narrows the channels or
+    strides), else None."""
+    if not (OWN_POINTWISE_BACKWARD and x.device.type == "cpu" and x.dim() == 4
+            and torch.is_grad_enabled() and x.requires_grad and weight.requires_grad):
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    pixels = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+    narrows = weight.shape[1] > weight.shape[0]
+    if dtype != torch.bfloat16 or not (pixels <= 16 or (pixels <= 49 and (narrows or stride > 1))):
+        return None
+    return dtype if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+@torch.library.custom_op("fastclr::pointwise_conv_backward", mutates_args=())
+def _pointwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                             stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dweight) of y = conv1x1(x, weight, stride): grad (N, Co, Ho, Wo), x (N, Ci,
+    H, W), both channels-last. An op of its own, so that torch.compile calls it as it is
+    rather than lowering the matrix products itself (inductor's CPU lowering of them is slower
+    than its convolution)."""
+    n, ci, _, _ = x.shape
+    co, ho, wo = weight.shape[0], grad.shape[2], grad.shape[3]
+    g2 = grad.permute(0, 2, 3, 1).reshape(-1, co)  # (N*Ho*Wo, Co), a view when channels-last
+    seen = x[:, :, ::stride, ::stride]  # the pixels the convolution reads
+    grad_w = (g2.t() @ seen.permute(0, 2, 3, 1).reshape(-1, ci)).as_strided(
+        weight.shape, weight.stride())  # (Co, Ci, 1, 1) in the weight's own layout
+    grad_seen = (g2 @ weight.reshape(co, ci)).view(n, ho, wo, ci)  # (N, Ho, Wo, Ci)
+    if stride > 1:
+        grad_x = x.new_zeros(n, x.shape[2], x.shape[3], ci)  # unread pixels: no gradient
+        grad_x[:, ::stride, ::stride] = grad_seen
+        grad_seen = grad_x
+    return grad_seen.permute(0, 3, 1, 2), grad_w
+
+
+@_pointwise_conv_backward.register_fake
+def _(grad, x, weight, stride):
+    n, ci, h, w = x.shape
+    grad_x = grad.new_empty((n, h, w, ci)).permute(0, 3, 1, 2)
+    return grad_x, grad.new_empty_strided(weight.shape, weight.stride())
+
+
+@register_flop_formula(torch.ops.fastclr.pointwise_conv_backward)
+def _pointwise_conv_backward_flops(grad_shape, x_shape, weight_shape, stride, out_shape=None,
+                                   **kwargs) -> int:
+    """Two (N*Ho*Wo) x Co x Ci matrix products, for torch.utils.flop_counter (MFU figures)."""
+    n, co, ho, wo = grad_shape
+    return 2 * 2 * n * ho * wo * co * weight_shape[1]
+
+
+class _PointwiseConv(torch.autograd.Function):
+    """conv1x1(x, weight, stride) with the native forward and _pointwise_conv_backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride):
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return F.conv2d(x, weight, stride=stride)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return *_pointwise_conv_backward(grad, x, weight, ctx.stride), None
+
+
+def pointwise_convolutions(module: nn.Module) -> nn.Module:
+    """Make every plain 1x1 nn.Conv2d in `module` a PointwiseConv2d, in place: the class
+    changes, the parameters are the same objects (no new draws from the RNG)."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.groups == 1 \
+                and m.bias is None and m.padding == (0, 0) and m.dilation == (1, 1) \
+                and m.stride[0] == m.stride[1]:
+            m.__class__ = PointwiseConv2d
+    return module
 
 
 class ResNet(nn.Module):
@@ -66,6 +178,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(last.weight)
         if getattr(NORMS.get(norm), "standardize_weights", False):
             standardize_convolutions(self)
+        pointwise_convolutions(self)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

@@ -51,6 +51,27 @@ def test_batch_norm_times_each_shape_of_the_preset_both_ways():
     assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
 
 
+def test_pointwise_conv_times_each_1x1_convolution_both_ways():
+    out = run("pointwise_conv.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
+              "--rounds", "2", "--steps", "1", "--step-steps", "1", "--threads", "1",
+              "--no-compile", "--json")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    # ResNet-50: 2 in each of 16 bottlenecks, 4 shortcuts (3 of stride 2)
+    assert sum(row["layers"] for row in r["rows"]) == 36
+    assert sum(row["layers"] for row in r["rows"] if row["stride"] == 2) == 3
+    # fastclr's backward on maps of 16 pixels or fewer (28 px, stride-2 stem: 14, 7, 4, 2),
+    # and on 7x7 ones where the layer narrows or strides; never at 14x14
+    for row in r["rows"]:
+        side, stride = row["shape"][2], row["stride"]
+        out_pixels = ((side - 1) // stride + 1) ** 2
+        narrows_or_strides = row["shape"][1] > row["out"] or stride > 1
+        assert row["own_backward"] == (out_pixels <= 16 or (out_pixels <= 49
+                                                            and narrows_or_strides)), row
+    assert {row["shape"][2] for row in r["rows"] if not row["own_backward"]} >= {14}
+    assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
+    assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
+
+
 def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):
     run("time_to_accuracy.py", "--minutes", "0.03", "0.06", "--images", "1000",
         "--probe-train", "600", "--probe-test", "300", "--slice-seconds", "1",

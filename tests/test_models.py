@@ -68,3 +68,130 @@ def test_narrow_models_stay_contiguous_on_cpu():
     assert channels_last_ok(encoder(width=0.0625), torch.device("cuda"))
     enc = encoder(width=0.0625, stem="small-s2")  # trains without crashing at width 1/16
     enc(torch.rand(8, 1, 28, 28)).sum().backward()
+
+
+# ---- 1x1 convolutions: bf16 backward on CPU as matrix products ------------------------------
+
+CL = torch.channels_last
+OWN_CONV = "_PointwiseConvBackward"
+
+
+def _conv_pair(cin, cout, stride):
+    """A PointwiseConv2d and a plain nn.Conv2d holding the same weight, channels-last."""
+    from fastclr.models import PointwiseConv2d
+    ref = torch.nn.Conv2d(cin, cout, 1, stride, bias=False).to(memory_format=CL)
+    ours = PointwiseConv2d(cin, cout, 1, stride, bias=False).to(memory_format=CL)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("cin,cout,side,stride", [
+    (64, 16, 4, 1),  # 16 pixels: the matrix products whatever the channels
+    (32, 8, 7, 1),  # 49 pixels and narrowing
+    (16, 32, 8, 2),  # the stride-2 shortcut: 4x4 of the 8x8 pixels read, the rest get 0
+    (16, 32, 7, 2),  # odd side: rows and columns 0, 2, 4, 6 read
+])
+def test_pointwise_conv_bf16_backward_is_the_native_one(cin, cout, side, stride):
+    """Under CPU bf16 autocast the layer's backward is two matrix products over the
+    channels-last views; its output is the native convolution's, bit for bit, and its
+    gradients are the native ones up to bf16 rounding (sums in another order), in the same
+    layouts as the native backward gives."""
+    torch.manual_seed(0)
+    ours, ref = _conv_pair(cin, cout, stride)
+    x = torch.randn(16, cin, side, side).contiguous(memory_format=CL)
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yo, yr = ours(xo), ref(xr)
+    assert type(yo.grad_fn).__name__ == OWN_CONV
+    assert yo.dtype == yr.dtype == torch.bfloat16
+    assert torch.equal(yo, yr)
+    grad = torch.randn_like(yr)
+    yo.backward(grad)
+    yr.backward(grad)
+    # bf16 results (8 significant bits) of fp32 sums: relative 2^-8 of the largest entry
+    for a, b in ((xo.grad, xr.grad), (ours.weight.grad, ref.weight.grad)):
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= scale * 2 ** -8
+        assert a.stride() == b.stride() and a.dtype == b.dtype
+    if stride > 1:  # pixels the convolution never reads get no gradient
+        unread = torch.ones(side, side, dtype=torch.bool)
+        unread[::stride, ::stride] = False
+        assert torch.equal(xo.grad[:, :, unread], torch.zeros_like(xo.grad[:, :, unread]))
+
+
+def test_pointwise_conv_is_native_elsewhere(monkeypatch):
+    """fp32, 14x14 maps, 49-pixel maps that widen, the (N, C, H, W) layout, no grad and
+    OWN_POINTWISE_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
+    same ops as nn.Conv2d, hence the same numbers)."""
+    from fastclr import models
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    fp32 = torch.autocast("cpu", enabled=False)
+    cases = [((64, 16, 4, 1), fp32, CL), ((32, 8, 14, 1), bf16, CL), ((8, 32, 7, 1), bf16, CL),
+             ((64, 16, 4, 1), bf16, torch.contiguous_format)]
+    for (cin, cout, side, stride), amp, fmt in cases:
+        ours, _ = _conv_pair(cin, cout, stride)
+        x = torch.randn(4, cin, side, side).contiguous(memory_format=fmt).requires_grad_()
+        with amp:
+            assert type(ours(x).grad_fn).__name__ != OWN_CONV, (cin, cout, side, fmt)
+    ours, ref = _conv_pair(64, 16, 1)
+    x = torch.randn(4, 64, 4, 4).contiguous(memory_format=CL).requires_grad_()
+    with bf16:
+        with torch.no_grad():
+            assert ours(x).grad_fn is None
+        assert type(ours(x).grad_fn).__name__ == OWN_CONV
+        monkeypatch.setattr(models, "OWN_POINTWISE_BACKWARD", False)
+        assert type(ours(x).grad_fn).__name__ != OWN_CONV
+
+
+def test_resnets_use_pointwise_convolutions_with_the_same_initial_weights():
+    """Every 1x1 convolution of a ResNet is a PointwiseConv2d; the change of class draws
+    nothing from the RNG, so the initial weights are what plain convolutions would get."""
+    from fastclr import models
+    from fastclr.models import PointwiseConv2d
+    torch.manual_seed(0)
+    enc = encoder("resnet50")
+    ones = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(ones) == 36 and all(type(m) is PointwiseConv2d for m in ones)
+    state = enc.state_dict()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "pointwise_convolutions", lambda module: module)
+        torch.manual_seed(0)
+        plain = encoder("resnet50")
+    assert not any(type(m) is PointwiseConv2d for m in plain.modules())
+    assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
+
+
+def test_pointwise_conv_compiled_calls_its_own_backward():
+    """torch.compile keeps the backward an opaque op (fastclr::pointwise_conv_backward, run
+    as it is) and its gradients agree with eager ones."""
+    torch.manual_seed(0)
+    ours, _ = _conv_pair(32, 8, 1)
+    x = torch.randn(8, 32, 4, 4).contiguous(memory_format=CL)
+    grads = []
+    for fn in (ours, torch.compile(ours)):
+        xi = x.clone().requires_grad_()
+        ours.weight.grad = None
+        with torch.profiler.profile() as prof:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = fn(xi)
+            y.float().square().sum().backward()
+        assert "fastclr::pointwise_conv_backward" in {e.name for e in prof.events()}
+        grads.append((xi.grad, ours.weight.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-3)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_counts_the_flops_of_the_native_backward(stride):
+    """torch.utils.flop_counter sees the two matrix products (MFU figures stay right)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    flops = []
+    for layer in _conv_pair(64, 16, stride):
+        x = torch.randn(8, 64, 7, 7).contiguous(memory_format=CL).requires_grad_()
+        with FlopCounterMode(display=False) as counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = layer(x)
+            y.float().sum().backward()
+        flops.append((type(y.grad_fn).__name__ == OWN_CONV, counter.get_total_flops()))
+    assert flops[0][0] and not flops[1][0]
+    assert flops[0][1] == flops[1][1] > 0

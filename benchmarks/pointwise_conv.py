@@ -1,0 +1,134 @@
+"""1x1 convolutions' bf16 training forward + backward on CPU: PyTorch's against fastclr's.
+
+    python benchmarks/pointwise_conv.py [--config fashion-mnist-cpu] [--compile] [--json]
+
+oneDNN's bf16 backward of a 1x1 convolution on CPU is slow on small feature maps;
+fastclr.models.PointwiseConv2d then computes it as two matrix products over the channels-last
+(N*H*W, C) views. This finds every 1x1 convolution of the preset's encoder (input shape, output
+channels, stride; one forward of 2 x batch_size views), times a bf16-autocast forward + backward
+of each with nn.Conv2d and with fastclr's layer in alternating slices in one process (where
+fastclr's keeps the native backward, both run the same kernels), then the whole training step
+in bf16 (augmentation, forward, loss, backward, LARS) of two copies of the preset's run, one
+with fastclr.models.OWN_POINTWISE_BACKWARD off, in alternating slices (random images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from fastclr import models  # noqa: E402
+from fastclr.config import load_config  # noqa: E402
+from fastclr.models import PointwiseConv2d, build_model  # noqa: E402
+from fastclr.spec import ModelSpec  # noqa: E402
+from batch_norm import alternate, layer_arguments, time_steps  # noqa: E402
+from train_step import SHAPES  # noqa: E402
+
+CL = torch.channels_last
+
+
+def layer_shapes(cfg, batch: int) -> Counter:
+    """((N, C, H, W) input, output channels, stride) of each 1x1 convolution, with counts."""
+    channels, side = SHAPES[cfg.data]
+    side = cfg.image_size or side
+    spec = ModelSpec.from_config(cfg, channels, [0.0] * channels, [1.0] * channels)
+    model = build_model(spec).to(memory_format=CL)
+    shapes: Counter = Counter()
+    hooks = [m.register_forward_pre_hook(
+        lambda m, a: shapes.update([(tuple(a[0].shape), m.out_channels, m.stride[0])]))
+        for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    with torch.no_grad():
+        model(torch.randn(2 * batch, channels, side, side).contiguous(memory_format=CL))
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def time_pair(shape: tuple, cout: int, stride: int, rounds: int, steps: int
+              ) -> tuple[float, float, bool]:
+    """Seconds per bf16 forward + backward of nn.Conv2d and of PointwiseConv2d, alternated,
+    and whether fastclr's took its own backward."""
+    x = torch.randn(shape).contiguous(memory_format=CL).requires_grad_()
+    layers = [nn.Conv2d(shape[1], cout, 1, stride, bias=False).to(memory_format=CL),
+              PointwiseConv2d(shape[1], cout, 1, stride, bias=False).to(memory_format=CL)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grad = torch.randn_like(layers[0](x))
+        own = type(layers[1](x).grad_fn).__name__ == "_PointwiseConvBackward"
+
+    def calls(layer):
+        def work(n: int) -> None:
+            for _ in range(n):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = layer(x)
+                y.backward(grad)
+        work(1)  # warm-up
+        return work
+
+    native, ours = alternate([calls(layer) for layer in layers], rounds, steps)
+    return native, ours, own
+
+
+def use_own(flag: bool) -> None:
+    models.OWN_POINTWISE_BACKWARD = flag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = layer_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile the whole-step copies (default: on, where fastclr's "
+                             "bf16 CPU step is fastest)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"device": "cpu", "tensorboard": False, "final_eval": False,
+                 "precision": "bf16", "compile": args.compile}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    cfg = load_config(args.config, overrides=overrides)
+    rows = []
+    shapes = layer_shapes(cfg, cfg.batch_size)
+    for (shape, cout, stride), count in sorted(shapes.items(),
+                                               key=lambda kv: (-kv[0][0][2], kv[0][0][1])):
+        native, ours, own = time_pair(shape, cout, stride, args.rounds, args.steps)
+        rows.append({"shape": list(shape), "out": cout, "stride": stride, "layers": count,
+                     "native_ms": native * 1e3, "fastclr_ms": ours * 1e3, "own_backward": own})
+    total_native = sum(r["native_ms"] * r["layers"] for r in rows)
+    total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
+    result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
+              "compile": args.compile, "per_step_native_ms": total_native,
+              "per_step_fastclr_ms": total_ours, "ratio": total_native / total_ours}
+    if args.step_steps:
+        native, ours = time_steps(cfg, args.rounds, args.step_steps, use_own)
+        result.update(step_native_ms=native * 1e3, step_fastclr_ms=ours * 1e3,
+                      step_ratio=native / ours)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.config}: 1x1 convolutions, bf16 forward + backward, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'input (N, C, H, W)':>22} {'out':>4} {'stride':>6} {'layers':>6} {'PyTorch ms':>11} "
+          f"{'fastclr ms':>11} {'ratio':>6}  backward")
+    for r in rows:
+        print(f"{str(tuple(r['shape'])):>22} {r['out']:>4} {r['stride']:>6} {r['layers']:>6} "
+              f"{r['native_ms']:>11.2f} {r['fastclr_ms']:>11.2f} "
+              f"{r['native_ms'] / r['fastclr_ms']:>6.2f}  "
+              f"{'fastclr' if r['own_backward'] else 'native'}")
+    print(f"{'a step, all layers':>22} {'':>4} {'':>6} {sum(r['layers'] for r in rows):>6} "
+          f"{total_native:>11.1f} {total_ours:>11.1f} {result['ratio']:>6.2f}")
+    if args.step_steps:
+        print(f"{'whole training step':>22} {'':>4} {'':>6} {'':>6} "
+              f"{result['step_native_ms']:>11.1f} {result['step_fastclr_ms']:>11.1f} "
+              f"{result['step_ratio']:>6.2f}  ({args.rounds} x {args.step_steps} bf16 steps each, "
+              f"alternating, compile {'on' if args.compile else 'off'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
