@@ -170,11 +170,15 @@ def measure(args, cfg, run, peer) -> dict:
     warmup_seconds = time.perf_counter() - started
     timers = {"fastclr": Timer(device), "augment": Timer(device), "peer": Timer(device)}
     per_slice = -(-args.steps // args.rounds)
+    round_ratios = []  # the ratio of each round alone: how much it moves from slice to slice
     for _ in range(args.rounds):
+        before = timers["fastclr"].seconds, timers["peer"].seconds
         timers["fastclr"].time(ours, per_slice)
         timers["augment"].time(augmentation, per_slice)
         if peer is not None:
             timers["peer"].time(peer.steps, per_slice)
+            round_ratios.append((timers["peer"].seconds - before[1])
+                                / (timers["fastclr"].seconds - before[0]))
     views = 2 * cfg.batch_size
     rate = {k: views * t.count / t.seconds for k, t in timers.items() if t.count}
     per_cpu = {k: views * t.count / t.cpu for k, t in timers.items() if t.count and t.cpu}
@@ -182,7 +186,8 @@ def measure(args, cfg, run, peer) -> dict:
             "cpu_ratio": per_cpu["fastclr"] / per_cpu["peer"] if "peer" in per_cpu else None,
             "step_ms": 1000 * timers["fastclr"].seconds / timers["fastclr"].count,
             "augment_ms": 1000 * timers["augment"].seconds / timers["augment"].count,
-            "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count}
+            "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count,
+            "round_ratios": round_ratios}
 
 
 def endless(batches):
@@ -289,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "peer_workers": None if peer is None else args.workers,
         "peer_views_per_s": None if peer is None else round(m["peer_views_per_s"], 1),
         "ratio": None if peer is None else round(m["views_per_s"] / m["peer_views_per_s"], 2),
+        "round_ratios": [round(r, 2) for r in m["round_ratios"]] or None,
         "cpu_time_ratio": None if m["cpu_ratio"] is None else round(m["cpu_ratio"], 2),
     }
     print(json.dumps(result) if args.json else report(result))
@@ -313,7 +319,9 @@ def report(r: dict) -> str:
                      f"per PIL image in {r['peer_workers']} DataLoader workers)")
         cpu = f" (views per CPU-second, workers included: {r['cpu_time_ratio']:.2f}x)" \
             if r.get("cpu_time_ratio") is not None else ""
-        lines.append(f"  ratio         {r['ratio']:>10.2f}x{cpu}")
+        rounds = r.get("round_ratios") or []
+        spread = f", rounds {min(rounds):.2f}-{max(rounds):.2f}x" if len(rounds) > 1 else ""
+        lines.append(f"  ratio         {r['ratio']:>10.2f}x{spread}{cpu}")
     lines.append(f"  {r['gflop_per_view']:.3f} GFLOP a view (forward + backward); "
                  f"{r['achieved_tflops']:.3f} TFLOP/s achieved; {mfu}")
     lines.append(f"  {r['timed_steps']} timed steps a loop after {r['warmup_s']:.0f} s of warm-up")

@@ -32,6 +32,8 @@ def test_train_step_times_both_loops_and_counts_flops():
         ("resnet50", 16, 2, 1)
     assert r["views_per_s"] > 0 and r["peer_views_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["views_per_s"] / r["peer_views_per_s"], abs=0.01)
+    # one round: its own ratio is the whole run's (both timed over the same slices)
+    assert r["round_ratios"] == [pytest.approx(r["ratio"], abs=0.01)]
     assert 0 < r["augment_share"] < 1
     # ResNet-50 x1/8 with the stride-2 stem on 28 px: ~28 MFLOP a view, forward + backward
     assert 0.02 < r["gflop_per_view"] < 0.04
