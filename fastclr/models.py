@@ -66,7 +66,9 @@ def _pointwise_backward_dtype(x: torch.Tensor, weight: torch.Tensor, stride: int
     narrows = weight.shape[1] > weight.shape[0]
     if dtype != torch.bfloat16 or not (pixels <= 16 or (pixels <= 49 and (narrows or stride > 1))):
         return None
-    return dtype if x.is_contiguous(memory_format=torch.channels_last) else None
+    # both in the (N, H, W, C) order the matrix products read and write
+    laid_out = x.is_contiguous(memory_format=torch.channels_last) and weight.is_contiguous()
+    return dtype if laid_out else None
 
 
 @torch.library.custom_op("fastclr::pointwise_conv_backward", mutates_args=())

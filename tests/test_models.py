@@ -120,8 +120,8 @@ def test_pointwise_conv_bf16_backward_is_the_native_one(cin, cout, side, stride)
 
 
 def test_pointwise_conv_is_native_elsewhere(monkeypatch):
-    """fp32, 14x14 maps, 49-pixel maps that widen, the (N, C, H, W) layout, no grad and
-    OWN_POINTWISE_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
+    """fp32, 14x14 maps, 49-pixel maps that widen, the (N, C, H, W) layout, a weight laid out
+    otherwise, no grad and OWN_POINTWISE_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
     same ops as nn.Conv2d, hence the same numbers)."""
     from fastclr import models
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -135,7 +135,10 @@ def test_pointwise_conv_is_native_elsewhere(monkeypatch):
             assert type(ours(x).grad_fn).__name__ != OWN_CONV, (cin, cout, side, fmt)
     ours, ref = _conv_pair(64, 16, 1)
     x = torch.randn(4, 64, 4, 4).contiguous(memory_format=CL).requires_grad_()
+    odd, _ = _conv_pair(64, 16, 1)  # a weight stored in another order than (Co, Ci)
+    odd.weight = torch.nn.Parameter(torch.randn(64, 16, 1, 1).transpose(0, 1))
     with bf16:
+        assert type(odd(x).grad_fn).__name__ != OWN_CONV
         with torch.no_grad():
             assert ours(x).grad_fn is None
         assert type(ours(x).grad_fn).__name__ == OWN_CONV
