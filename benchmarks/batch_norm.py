@@ -37,21 +37,28 @@ from fastclr.train.step import build_run  # noqa: E402
 from train_step import SHAPES, Timer, endless, images_for  # noqa: E402
 
 
-def layer_shapes(cfg, batch: int) -> Counter:
-    """(N, C, H, W) of each 2-D batch norm's input in the preset's encoder, with counts."""
+def layer_inputs(cfg, batch: int, wanted, key) -> Counter:
+    """key(module, input) of each module of the preset's encoder with wanted(module), with
+    counts, from one forward of 2 x batch random views in channels-last."""
     channels, side = SHAPES[cfg.data]
     side = cfg.image_size or side
     spec = ModelSpec.from_config(cfg, channels, [0.0] * channels, [1.0] * channels)
     model = build_model(spec).to(memory_format=torch.channels_last)
-    shapes: Counter = Counter()
-    hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([tuple(a[0].shape)]))
-             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    found: Counter = Counter()
+    hooks = [m.register_forward_pre_hook(lambda m, a: found.update([key(m, a[0])]))
+             for m in model.modules() if wanted(m)]
     x = torch.randn(2 * batch, channels, side, side)
     with torch.no_grad():
         model(x.contiguous(memory_format=torch.channels_last))
     for h in hooks:
         h.remove()
-    return shapes
+    return found
+
+
+def layer_shapes(cfg, batch: int) -> Counter:
+    """(N, C, H, W) of each 2-D batch norm's input in the preset's encoder, with counts."""
+    return layer_inputs(cfg, batch, lambda m: isinstance(m, nn.BatchNorm2d),
+                        lambda m, x: tuple(x.shape))
 
 
 def alternate(works: list, rounds: int, count: int) -> list[float]:

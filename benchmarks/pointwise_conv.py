@@ -26,29 +26,17 @@ import torch.nn as nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from fastclr import models  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
-from fastclr.models import PointwiseConv2d, build_model  # noqa: E402
-from fastclr.spec import ModelSpec  # noqa: E402
-from batch_norm import alternate, layer_arguments, time_steps  # noqa: E402
-from train_step import SHAPES  # noqa: E402
+from fastclr.models import PointwiseConv2d  # noqa: E402
+from batch_norm import alternate, layer_arguments, layer_inputs, time_steps  # noqa: E402
 
 CL = torch.channels_last
 
 
 def layer_shapes(cfg, batch: int) -> Counter:
     """((N, C, H, W) input, output channels, stride) of each 1x1 convolution, with counts."""
-    channels, side = SHAPES[cfg.data]
-    side = cfg.image_size or side
-    spec = ModelSpec.from_config(cfg, channels, [0.0] * channels, [1.0] * channels)
-    model = build_model(spec).to(memory_format=CL)
-    shapes: Counter = Counter()
-    hooks = [m.register_forward_pre_hook(
-        lambda m, a: shapes.update([(tuple(a[0].shape), m.out_channels, m.stride[0])]))
-        for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
-    with torch.no_grad():
-        model(torch.randn(2 * batch, channels, side, side).contiguous(memory_format=CL))
-    for h in hooks:
-        h.remove()
-    return shapes
+    return layer_inputs(cfg, batch,
+                        lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1),
+                        lambda m, x: (tuple(x.shape), m.out_channels, m.stride[0]))
 
 
 def time_pair(shape: tuple, cout: int, stride: int, rounds: int, steps: int

@@ -42,33 +42,31 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips the body (as in norms.BatchNorm2d)
-            dtype = _pointwise_backward_dtype(x, self.weight, self.stride[0])
-            if dtype is not None:
-                return self._own_backward(x, dtype)
+            if _own_backward_pays(x, self.weight, self.stride[0]):
+                return self._own_backward(x)
         return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
-    def _own_backward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _own_backward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # cast here, as autocast would
-            return _PointwiseConv.apply(x.to(dtype), self.weight.to(dtype), self.stride[0])
+            bf16 = torch.bfloat16
+            return _PointwiseConv.apply(x.to(bf16), self.weight.to(bf16), self.stride[0])
 
 
-def _pointwise_backward_dtype(x: torch.Tensor, weight: torch.Tensor, stride: int
-                              ) -> torch.dtype | None:
-    """bf16 where the matrix products beat oneDNN's backward (measured on 2 cores: output
-    maps of 16 pixels or fewer, or of 49 or fewer where the layer narrows the channels or
-    strides), else None."""
+def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
+    """Whether this is a bf16 training call on CPU where the matrix products beat oneDNN's
+    backward (measured on 2 cores: output maps of 16 pixels or fewer, or of 49 or fewer where
+    the layer narrows the channels or strides)."""
     if not (OWN_POINTWISE_BACKWARD and x.device.type == "cpu" and x.dim() == 4
             and torch.is_grad_enabled() and x.requires_grad and weight.requires_grad):
-        return None
+        return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     pixels = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
     narrows = weight.shape[1] > weight.shape[0]
     if dtype != torch.bfloat16 or not (pixels <= 16 or (pixels <= 49 and (narrows or stride > 1))):
-        return None
+        return False
     # both in the (N, H, W, C) order the matrix products read and write
-    laid_out = x.is_contiguous(memory_format=torch.channels_last) and weight.is_contiguous()
-    return dtype if laid_out else None
+    return x.is_contiguous(memory_format=torch.channels_last) and weight.is_contiguous()
 
 
 @torch.library.custom_op("fastclr::pointwise_conv_backward", mutates_args=())
