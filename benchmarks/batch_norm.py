@@ -120,7 +120,7 @@ def time_steps(cfg, rounds: int, steps: int, use_own=None) -> tuple[float, float
 
 
 def layer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of a per-layer benchmark (this one, pointwise_conv.py)."""
+    """The options of a per-layer benchmark (this one, conv_backward.py)."""
     parser.add_argument("--config", default="fashion-mnist-cpu", help="preset name or YAML")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")

@@ -21,28 +21,31 @@ from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
 
 STEMS = ("small", "small-s2", "imagenet")
 
-# False: PyTorch's convolution backward everywhere (benchmarks/pointwise_conv.py times a step
+# False: PyTorch's convolution backward everywhere (benchmarks/conv_backward.py times a step
 # both ways)
-OWN_POINTWISE_BACKWARD = True
+OWN_CONV_BACKWARD = True
 
 
-class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 nn.Conv2d whose bf16 training backward on CPU is two matrix products.
+class SmallMapConv2d(nn.Conv2d):
+    """An nn.Conv2d whose bf16 training backward on CPU, on small feature maps, is matrix
+    products.
 
-    oneDNN's bf16 backward of a 1x1 convolution on CPU is slow on small feature maps: on 2
-    cores, (512, 256, 2, 2) -> 64 channels takes 2.0 ms against 0.31 ms for the same two
-    matrix products over the channels-last (N*H*W, C) views, (512, 64, 7, 7) -> 16 2.0 against
-    0.54, the stride-2 shortcut (512, 128, 4, 4) -> 256 3.8 against 0.68; at 14x14 the
-    convolution wins (benchmarks/pointwise_conv.py). A ResNet-50 at 1/8 width (the CPU preset)
-    has 36 1x1 convolutions, 24 of them on maps where the matrix products win: there, bf16
-    training steps on CPU keep the native forward and take the matrix products backward, the
-    same sums in another order (a bf16 training step of the preset 1.07-1.09x faster); fp32,
-    GPUs and everything else are nn.Conv2d's own.
+    oneDNN's bf16 backward of a convolution on CPU is slow on small feature maps, most of all
+    its weight gradient. On 2 cores (benchmarks/conv_backward.py): a 1x1 convolution
+    (512, 256, 2, 2) -> 64 channels takes 2.0 ms against 0.31 ms for two matrix products over
+    the channels-last (N*H*W, C) views, (512, 64, 7, 7) -> 16 2.0 against 0.54, the stride-2
+    shortcut (512, 128, 4, 4) -> 256 3.8 against 0.68; the weight gradient of a 3x3
+    convolution (512, 64, 2, 2) -> 64 1.8 ms against 0.49 for one matrix product over the
+    unfolded input (N*Ho*Wo, 3*3*C), (512, 128, 4, 4) -> 128 7.8 against 3.3. On larger maps
+    and fewer channels oneDNN wins. There, bf16 training steps on CPU keep the native forward
+    and take the matrix products backward (for a 1x1 convolution the input gradient too; for a
+    larger kernel oneDNN's input gradient, which is fast): the same sums in another order.
+    fp32, GPUs and everything else are nn.Conv2d's own.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips the body (as in norms.BatchNorm2d)
-            if _own_backward_pays(x, self.weight, self.stride[0]):
+            if _own_backward_pays(x, self.weight, self.stride[0], self.padding[0]):
                 return self._own_backward(x)
         return self._conv_forward(x, self.weight, self.bias)
 
@@ -50,85 +53,110 @@ class PointwiseConv2d(nn.Conv2d):
     def _own_backward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # cast here, as autocast would
             bf16 = torch.bfloat16
-            return _PointwiseConv.apply(x.to(bf16), self.weight.to(bf16), self.stride[0])
+            return _SmallMapConv.apply(x.to(bf16), self.weight.to(bf16), self.stride[0],
+                                       self.padding[0])
 
 
-def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
+def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
+                       ) -> bool:
     """Whether this is a bf16 training call on CPU where the matrix products beat oneDNN's
-    backward (measured on 2 cores: output maps of 16 pixels or fewer, or of 49 or fewer where
-    the layer narrows the channels or strides)."""
-    if not (OWN_POINTWISE_BACKWARD and x.device.type == "cpu" and x.dim() == 4
+    backward (measured on 2 cores): output maps of 16 pixels or fewer with 64 input channels
+    or more; for a 1x1 convolution also maps of 4 pixels or fewer, and of 49 or fewer where
+    the layer narrows the channels or strides."""
+    if not (OWN_CONV_BACKWARD and x.device.type == "cpu" and x.dim() == 4
             and torch.is_grad_enabled() and x.requires_grad and weight.requires_grad):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    pixels = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
-    narrows = weight.shape[1] > weight.shape[0]
-    if dtype != torch.bfloat16 or not (pixels <= 16 or (pixels <= 49 and (narrows or stride > 1))):
+    if dtype != torch.bfloat16:
         return False
+    size = weight.shape[2]
+    pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
+        ((x.shape[3] + 2 * padding - size) // stride + 1)
+    pays = pixels <= 16 and weight.shape[1] >= 64
+    if size == 1:
+        narrows = weight.shape[1] > weight.shape[0]
+        pays = pays or pixels <= 4 or (pixels <= 49 and (narrows or stride > 1))
     # both in the (N, H, W, C) order the matrix products read and write
-    return x.is_contiguous(memory_format=torch.channels_last) and weight.is_contiguous()
+    return pays and x.is_contiguous(memory_format=torch.channels_last) and \
+        weight.permute(0, 2, 3, 1).is_contiguous()
 
 
-@torch.library.custom_op("fastclr::pointwise_conv_backward", mutates_args=())
-def _pointwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                             stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dweight) of y = conv1x1(x, weight, stride): grad (N, Co, Ho, Wo), x (N, Ci,
-    H, W), both channels-last. An op of its own, so that torch.compile calls it as it is
-    rather than lowering the matrix products itself (inductor's CPU lowering of them is slower
-    than its convolution)."""
-    n, ci, _, _ = x.shape
-    co, ho, wo = weight.shape[0], grad.shape[2], grad.shape[3]
+@torch.library.custom_op("fastclr::small_map_conv_backward", mutates_args=())
+def _small_map_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                             stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dweight) of y = conv2d(x, weight, stride, padding): grad (N, Co, Ho, Wo), x
+    (N, Ci, H, W), both channels-last, weight laid out (Co, k, k, Ci). An op of its own, so that
+    torch.compile calls it as it is rather than lowering the matrix products itself (inductor's
+    CPU lowering of them is slower than its convolution)."""
+    n, ci, h, w = x.shape
+    co, _, k, _ = weight.shape
+    ho, wo = grad.shape[2], grad.shape[3]
     g2 = grad.permute(0, 2, 3, 1).reshape(-1, co)  # (N*Ho*Wo, Co), a view when channels-last
-    seen = x[:, :, ::stride, ::stride]  # the pixels the convolution reads
-    grad_w = (g2.t() @ seen.permute(0, 2, 3, 1).reshape(-1, ci)).as_strided(
-        weight.shape, weight.stride())  # (Co, Ci, 1, 1) in the weight's own layout
-    grad_seen = (g2 @ weight.reshape(co, ci)).view(n, ho, wo, ci)  # (N, Ho, Wo, Ci)
+    padded = F.pad(x, (padding,) * 4) if padding else x
+    # (N, H + 2p, W + 2p, Ci), a view (pad keeps the channels-last layout: no copy here)
+    pixels = padded.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    sn, sh, sw, _ = pixels.stride()
+    # (N*Ho*Wo, k*k*Ci): the k x k window each output pixel reads (a view for 1x1, stride 1)
+    windows = pixels.as_strided((n, ho, wo, k, k, ci), (sn, stride * sh, stride * sw, sh, sw, 1)
+                                ).reshape(-1, k * k * ci)
+    flat_weight = weight.permute(0, 2, 3, 1).reshape(co, k * k * ci)  # a view, see the gate
+    grad_w = (g2.t() @ windows).as_strided(weight.shape, weight.stride())
+    if k > 1:  # oneDNN's input gradient is fast; its weight gradient is the slow part
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0],
+            1, [True, False, False])[0]
+        return grad_x.contiguous(memory_format=torch.channels_last), grad_w
+    grad_seen = (g2 @ flat_weight).view(n, ho, wo, ci)  # (N, Ho, Wo, Ci)
     if stride > 1:
-        grad_x = x.new_zeros(n, x.shape[2], x.shape[3], ci)  # unread pixels: no gradient
+        grad_x = x.new_zeros(n, h, w, ci)  # unread pixels: no gradient
         grad_x[:, ::stride, ::stride] = grad_seen
         grad_seen = grad_x
     return grad_seen.permute(0, 3, 1, 2), grad_w
 
 
-@_pointwise_conv_backward.register_fake
-def _(grad, x, weight, stride):
+@_small_map_conv_backward.register_fake
+def _(grad, x, weight, stride, padding):
     n, ci, h, w = x.shape
     grad_x = grad.new_empty((n, h, w, ci)).permute(0, 3, 1, 2)
     return grad_x, grad.new_empty_strided(weight.shape, weight.stride())
 
 
-@register_flop_formula(torch.ops.fastclr.pointwise_conv_backward)
-def _pointwise_conv_backward_flops(grad_shape, x_shape, weight_shape, stride, out_shape=None,
-                                   **kwargs) -> int:
-    """Two (N*Ho*Wo) x Co x Ci matrix products, for torch.utils.flop_counter (MFU figures)."""
+@register_flop_formula(torch.ops.fastclr.small_map_conv_backward)
+def _small_map_conv_backward_flops(grad_shape, x_shape, weight_shape, stride, padding,
+                                   out_shape=None, **kwargs) -> int:
+    """Two (N*Ho*Wo) x Co x (k*k*Ci) products, what torch.utils.flop_counter counts for the
+    native backward (MFU figures)."""
     n, co, ho, wo = grad_shape
-    return 2 * 2 * n * ho * wo * co * weight_shape[1]
+    _, ci, kh, kw = weight_shape
+    return 2 * 2 * n * ho * wo * co * ci * kh * kw
 
 
-class _PointwiseConv(torch.autograd.Function):
-    """conv1x1(x, weight, stride) with the native forward and _pointwise_conv_backward."""
+class _SmallMapConv(torch.autograd.Function):
+    """conv2d(x, weight, stride, padding) with the native forward and _small_map_conv_backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, stride):
+    def forward(ctx, x, weight, stride, padding):
         ctx.save_for_backward(x, weight)
-        ctx.stride = stride
-        return F.conv2d(x, weight, stride=stride)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, stride=stride, padding=padding)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        return *_pointwise_conv_backward(grad, x, weight, ctx.stride), None
+        return *_small_map_conv_backward(grad, x, weight, ctx.stride, ctx.padding), None, None
 
 
-def pointwise_convolutions(module: nn.Module) -> nn.Module:
-    """Make every plain 1x1 nn.Conv2d in `module` a PointwiseConv2d, in place: the class
-    changes, the parameters are the same objects (no new draws from the RNG)."""
+def small_map_convolutions(module: nn.Module) -> nn.Module:
+    """Make every plain square nn.Conv2d in `module` with "same" padding ((k - 1) / 2: the
+    ResNets' 1x1 and 3x3 ones) a SmallMapConv2d, in place: the class changes, the parameters
+    are the same objects (no new draws from the RNG)."""
     for m in module.modules():
-        if type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.groups == 1 \
-                and m.bias is None and m.padding == (0, 0) and m.dilation == (1, 1) \
-                and m.stride[0] == m.stride[1]:
-            m.__class__ = PointwiseConv2d
+        k = m.kernel_size[0] if type(m) is nn.Conv2d else 0
+        if k and m.kernel_size == (k, k) and k % 2 and m.padding == ((k - 1) // 2,) * 2 \
+                and m.groups == 1 and m.bias is None and m.dilation == (1, 1) \
+                and m.stride[0] == m.stride[1] and m.padding_mode == "zeros":
+            m.__class__ = SmallMapConv2d
     return module
 
 
@@ -178,7 +206,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(last.weight)
         if getattr(NORMS.get(norm), "standardize_weights", False):
             standardize_convolutions(self)
-        pointwise_convolutions(self)
+        small_map_convolutions(self)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

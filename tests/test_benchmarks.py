@@ -53,23 +53,31 @@ def test_batch_norm_times_each_shape_of_the_preset_both_ways():
     assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
 
 
-def test_pointwise_conv_times_each_1x1_convolution_both_ways():
-    out = run("pointwise_conv.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
+def test_conv_backward_times_each_convolution_both_ways():
+    out = run("conv_backward.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
               "--rounds", "2", "--steps", "1", "--step-steps", "1", "--threads", "1",
               "--no-compile", "--json")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    # ResNet-50: 2 in each of 16 bottlenecks, 4 shortcuts (3 of stride 2)
-    assert sum(row["layers"] for row in r["rows"]) == 36
-    assert sum(row["layers"] for row in r["rows"] if row["stride"] == 2) == 3
-    # fastclr's backward on maps of 16 pixels or fewer (28 px, stride-2 stem: 14, 7, 4, 2),
-    # and on 7x7 ones where the layer narrows or strides; never at 14x14
+    # ResNet-50: the stem, 3 in each of 16 bottlenecks, 4 shortcuts (3 of stride 2); of the
+    # 1x1 ones, 2 a bottleneck and the shortcuts
+    assert sum(row["layers"] for row in r["rows"]) == 53
+    ones = [row for row in r["rows"] if row["kernel"] == 1]
+    assert sum(row["layers"] for row in ones) == 36
+    assert sum(row["layers"] for row in ones if row["stride"] == 2) == 3
+    # fastclr's backward (28 px, stride-2 stem: maps of 14, 7, 4, 2): on maps of 16 pixels or
+    # fewer with 64 channels in (layer 4's 3x3 ones among them); for 1x1 also 2x2 maps, and 7x7
+    # ones where the layer narrows or strides; never at 14x14
     for row in r["rows"]:
         side, stride = row["shape"][2], row["stride"]
         out_pixels = ((side - 1) // stride + 1) ** 2
-        narrows_or_strides = row["shape"][1] > row["out"] or stride > 1
-        assert row["own_backward"] == (out_pixels <= 16 or (out_pixels <= 49
-                                                            and narrows_or_strides)), row
-    assert {row["shape"][2] for row in r["rows"] if not row["own_backward"]} >= {14}
+        pays = out_pixels <= 16 and row["shape"][1] >= 64
+        if row["kernel"] == 1:
+            narrows_or_strides = row["shape"][1] > row["out"] or stride > 1
+            pays = pays or out_pixels <= 4 or (out_pixels <= 49 and narrows_or_strides)
+        assert row["own_backward"] == pays, row
+    assert {row["shape"][2] for row in r["rows"] if not row["own_backward"]} >= {14, 28}
+    own_3x3 = [row for row in r["rows"] if row["kernel"] == 3 and row["own_backward"]]
+    assert sum(row["layers"] for row in own_3x3) == 3
     assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
     assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
 

@@ -70,34 +70,39 @@ def test_narrow_models_stay_contiguous_on_cpu():
     enc(torch.rand(8, 1, 28, 28)).sum().backward()
 
 
-# ---- 1x1 convolutions: bf16 backward on CPU as matrix products ------------------------------
+# ---- convolutions on small maps: bf16 backward on CPU as matrix products --------------------
 
 CL = torch.channels_last
-OWN_CONV = "_PointwiseConvBackward"
+OWN_CONV = "_SmallMapConvBackward"
 
 
-def _conv_pair(cin, cout, stride):
-    """A PointwiseConv2d and a plain nn.Conv2d holding the same weight, channels-last."""
-    from fastclr.models import PointwiseConv2d
-    ref = torch.nn.Conv2d(cin, cout, 1, stride, bias=False).to(memory_format=CL)
-    ours = PointwiseConv2d(cin, cout, 1, stride, bias=False).to(memory_format=CL)
+def _conv_pair(cin, cout, stride, kernel=1):
+    """A SmallMapConv2d and a plain nn.Conv2d holding the same weight, channels-last."""
+    from fastclr.models import SmallMapConv2d
+    geometry = (cin, cout, kernel, stride, (kernel - 1) // 2)
+    ref = torch.nn.Conv2d(*geometry, bias=False).to(memory_format=CL)
+    ours = SmallMapConv2d(*geometry, bias=False).to(memory_format=CL)
     ours.load_state_dict(ref.state_dict())
     return ours, ref
 
 
-@pytest.mark.parametrize("cin,cout,side,stride", [
-    (64, 16, 4, 1),  # 16 pixels: the matrix products whatever the channels
-    (32, 8, 7, 1),  # 49 pixels and narrowing
-    (16, 32, 8, 2),  # the stride-2 shortcut: 4x4 of the 8x8 pixels read, the rest get 0
-    (16, 32, 7, 2),  # odd side: rows and columns 0, 2, 4, 6 read
+@pytest.mark.parametrize("cin,cout,side,stride,kernel", [
+    (64, 16, 4, 1, 1),  # 16 pixels, 64 channels in
+    (16, 64, 2, 1, 1),  # 4 pixels: the matrix products whatever the channels
+    (32, 8, 7, 1, 1),  # 49 pixels and narrowing
+    (16, 32, 8, 2, 1),  # the stride-2 shortcut: 4x4 of the 8x8 pixels read, the rest get 0
+    (16, 32, 7, 2, 1),  # odd side: rows and columns 0, 2, 4, 6 read
+    (64, 32, 4, 1, 3),  # 3x3, 16 pixels, 64 channels in: the weight gradient as a product
+    (64, 64, 4, 2, 3),  # 3x3 stride 2: 4x4 -> 2x2, windows overlapping the padding
+    (64, 16, 5, 2, 3),  # odd side: 5x5 -> 3x3, the last row and column read by one window
 ])
-def test_pointwise_conv_bf16_backward_is_the_native_one(cin, cout, side, stride):
-    """Under CPU bf16 autocast the layer's backward is two matrix products over the
-    channels-last views; its output is the native convolution's, bit for bit, and its
-    gradients are the native ones up to bf16 rounding (sums in another order), in the same
-    layouts as the native backward gives."""
+def test_small_map_conv_bf16_backward_is_the_native_one(cin, cout, side, stride, kernel):
+    """Under CPU bf16 autocast the layer's backward is matrix products over the channels-last
+    views; its output is the native convolution's, bit for bit, and its gradients are the
+    native ones up to bf16 rounding (sums in another order), in the same layouts as the native
+    backward gives."""
     torch.manual_seed(0)
-    ours, ref = _conv_pair(cin, cout, stride)
+    ours, ref = _conv_pair(cin, cout, stride, kernel)
     x = torch.randn(16, cin, side, side).contiguous(memory_format=CL)
     xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -113,63 +118,93 @@ def test_pointwise_conv_bf16_backward_is_the_native_one(cin, cout, side, stride)
         scale = b.abs().max().item()
         assert (a - b).abs().max().item() <= scale * 2 ** -8
         assert a.stride() == b.stride() and a.dtype == b.dtype
-    if stride > 1:  # pixels the convolution never reads get no gradient
+    if stride > 1 and kernel == 1:  # pixels the convolution never reads get no gradient
         unread = torch.ones(side, side, dtype=torch.bool)
         unread[::stride, ::stride] = False
         assert torch.equal(xo.grad[:, :, unread], torch.zeros_like(xo.grad[:, :, unread]))
 
 
-def test_pointwise_conv_is_native_elsewhere(monkeypatch):
-    """fp32, 14x14 maps, 49-pixel maps that widen, the (N, C, H, W) layout, a weight laid out
-    otherwise, no grad and OWN_POINTWISE_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
-    same ops as nn.Conv2d, hence the same numbers)."""
+def test_small_map_conv_weight_gradient_is_exact_in_fp32_sums():
+    """The 3x3 weight gradient, as one product over the unfolded input, is the fp32 sum of
+    the bf16 products rounded once: against an fp32 convolution of the same bf16 values it is
+    off by at most half a bf16 unit of each entry."""
+    torch.manual_seed(0)
+    ours, _ = _conv_pair(64, 32, 2, 3)
+    x = torch.randn(8, 64, 5, 5).to(torch.bfloat16).float().contiguous(memory_format=CL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x.requires_grad_())
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    weight = ours.weight.detach().to(torch.bfloat16).float().requires_grad_()
+    torch.nn.functional.conv2d(x.detach(), weight, stride=2, padding=1).backward(grad.float())
+    exact = weight.grad
+    assert ours.weight.grad.shape == exact.shape
+    # bf16 keeps 8 significant bits: half a unit is 2^-9 of the entry's magnitude
+    assert torch.all((ours.weight.grad - exact).abs() <= exact.abs() * 2 ** -8 + 1e-6)
+
+
+def test_small_map_conv_is_native_elsewhere(monkeypatch):
+    """fp32, 14x14 maps, 49-pixel maps that widen, 16-pixel ones that widen from fewer than 64
+    channels, 3x3 layers with fewer than 64 channels in or on maps over 16 pixels, the (N, C, H,
+    W) layout, a weight laid out otherwise, no grad and OWN_CONV_BACKWARD off all keep
+    PyTorch's convolution (fp32 training on CPU: the same ops as nn.Conv2d, hence the same
+    numbers)."""
     from fastclr import models
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     fp32 = torch.autocast("cpu", enabled=False)
-    cases = [((64, 16, 4, 1), fp32, CL), ((32, 8, 14, 1), bf16, CL), ((8, 32, 7, 1), bf16, CL),
-             ((64, 16, 4, 1), bf16, torch.contiguous_format)]
-    for (cin, cout, side, stride), amp, fmt in cases:
-        ours, _ = _conv_pair(cin, cout, stride)
+    cases = [((64, 16, 4, 1, 1), fp32, CL), ((32, 8, 14, 1, 1), bf16, CL),
+             ((8, 32, 7, 1, 1), bf16, CL), ((64, 16, 4, 1, 1), bf16, torch.contiguous_format),
+             ((32, 128, 4, 1, 1), bf16, CL), ((32, 32, 2, 1, 3), bf16, CL),
+             ((64, 64, 7, 1, 3), bf16, CL), ((64, 64, 4, 1, 3), fp32, CL)]
+    for (cin, cout, side, stride, kernel), amp, fmt in cases:
+        ours, _ = _conv_pair(cin, cout, stride, kernel)
         x = torch.randn(4, cin, side, side).contiguous(memory_format=fmt).requires_grad_()
         with amp:
-            assert type(ours(x).grad_fn).__name__ != OWN_CONV, (cin, cout, side, fmt)
+            assert type(ours(x).grad_fn).__name__ != OWN_CONV, (cin, cout, side, kernel, fmt)
     ours, ref = _conv_pair(64, 16, 1)
     x = torch.randn(4, 64, 4, 4).contiguous(memory_format=CL).requires_grad_()
     odd, _ = _conv_pair(64, 16, 1)  # a weight stored in another order than (Co, Ci)
     odd.weight = torch.nn.Parameter(torch.randn(64, 16, 1, 1).transpose(0, 1))
+    wide, _ = _conv_pair(64, 64, 1, 3)  # a 3x3 weight in (Co, Ci, k, k) order, not (Co, k, k, Ci)
+    wide.weight = torch.nn.Parameter(wide.weight.detach().contiguous())
     with bf16:
         assert type(odd(x).grad_fn).__name__ != OWN_CONV
+        assert type(wide(x).grad_fn).__name__ != OWN_CONV
         with torch.no_grad():
             assert ours(x).grad_fn is None
         assert type(ours(x).grad_fn).__name__ == OWN_CONV
-        monkeypatch.setattr(models, "OWN_POINTWISE_BACKWARD", False)
+        monkeypatch.setattr(models, "OWN_CONV_BACKWARD", False)
         assert type(ours(x).grad_fn).__name__ != OWN_CONV
 
 
-def test_resnets_use_pointwise_convolutions_with_the_same_initial_weights():
-    """Every 1x1 convolution of a ResNet is a PointwiseConv2d; the change of class draws
-    nothing from the RNG, so the initial weights are what plain convolutions would get."""
+def test_resnets_use_small_map_convolutions_with_the_same_initial_weights():
+    """Every convolution of a ResNet is a SmallMapConv2d (its 1x1 and 3x3 ones, the stem's
+    too); the change of class draws nothing from the RNG, so the initial weights are what
+    plain convolutions would get."""
     from fastclr import models
-    from fastclr.models import PointwiseConv2d
+    from fastclr.models import SmallMapConv2d
     torch.manual_seed(0)
     enc = encoder("resnet50")
-    ones = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
-    assert len(ones) == 36 and all(type(m) is PointwiseConv2d for m in ones)
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    ones = [m for m in convs if m.kernel_size == (1, 1)]
+    assert len(ones) == 36 and len(convs) == 53
+    assert all(type(m) is SmallMapConv2d for m in convs)
     state = enc.state_dict()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "pointwise_convolutions", lambda module: module)
+        mp.setattr(models, "small_map_convolutions", lambda module: module)
         torch.manual_seed(0)
         plain = encoder("resnet50")
-    assert not any(type(m) is PointwiseConv2d for m in plain.modules())
+    assert not any(type(m) is SmallMapConv2d for m in plain.modules())
     assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
 
 
-def test_pointwise_conv_compiled_calls_its_own_backward():
-    """torch.compile keeps the backward an opaque op (fastclr::pointwise_conv_backward, run
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_small_map_conv_compiled_calls_its_own_backward(kernel):
+    """torch.compile keeps the backward an opaque op (fastclr::small_map_conv_backward, run
     as it is) and its gradients agree with eager ones."""
     torch.manual_seed(0)
-    ours, _ = _conv_pair(32, 8, 1)
-    x = torch.randn(8, 32, 4, 4).contiguous(memory_format=CL)
+    ours, _ = _conv_pair(64, 8, 1, kernel)
+    x = torch.randn(8, 64, 4, 4).contiguous(memory_format=CL)
     grads = []
     for fn in (ours, torch.compile(ours)):
         xi = x.clone().requires_grad_()
@@ -178,19 +213,20 @@ def test_pointwise_conv_compiled_calls_its_own_backward():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = fn(xi)
             y.float().square().sum().backward()
-        assert "fastclr::pointwise_conv_backward" in {e.name for e in prof.events()}
+        assert "fastclr::small_map_conv_backward" in {e.name for e in prof.events()}
         grads.append((xi.grad, ours.weight.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-3)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_pointwise_conv_counts_the_flops_of_the_native_backward(stride):
-    """torch.utils.flop_counter sees the two matrix products (MFU figures stay right)."""
+@pytest.mark.parametrize("stride,kernel", [(1, 1), (2, 1), (1, 3), (2, 3)])
+def test_small_map_conv_counts_the_flops_of_the_native_backward(stride, kernel):
+    """torch.utils.flop_counter sees the matrix products (MFU figures stay right)."""
     from torch.utils.flop_counter import FlopCounterMode
     flops = []
-    for layer in _conv_pair(64, 16, stride):
-        x = torch.randn(8, 64, 7, 7).contiguous(memory_format=CL).requires_grad_()
+    for layer in _conv_pair(64, 16, stride, kernel):
+        side = 7 if kernel == 1 else 4
+        x = torch.randn(8, 64, side, side).contiguous(memory_format=CL).requires_grad_()
         with FlopCounterMode(display=False) as counter:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = layer(x)

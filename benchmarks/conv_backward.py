@@ -1,15 +1,16 @@
-"""1x1 convolutions' bf16 training forward + backward on CPU: PyTorch's against fastclr's.
+"""Convolutions' bf16 training forward + backward on CPU: PyTorch's against fastclr's.
 
-    python benchmarks/pointwise_conv.py [--config fashion-mnist-cpu] [--compile] [--json]
+    python benchmarks/conv_backward.py [--config fashion-mnist-cpu] [--compile] [--json]
 
-oneDNN's bf16 backward of a 1x1 convolution on CPU is slow on small feature maps;
-fastclr.models.PointwiseConv2d then computes it as two matrix products over the channels-last
-(N*H*W, C) views. This finds every 1x1 convolution of the preset's encoder (input shape, output
-channels, stride; one forward of 2 x batch_size views), times a bf16-autocast forward + backward
-of each with nn.Conv2d and with fastclr's layer in alternating slices in one process (where
-fastclr's keeps the native backward, both run the same kernels), then the whole training step
-in bf16 (augmentation, forward, loss, backward, LARS) of two copies of the preset's run, one
-with fastclr.models.OWN_POINTWISE_BACKWARD off, in alternating slices (random images).
+oneDNN's bf16 backward of a convolution on CPU is slow on small feature maps;
+fastclr.models.SmallMapConv2d then computes it (a 1x1's whole backward, a 3x3's weight
+gradient) as matrix products over the channels-last (N*H*W, C) views. This finds every
+convolution of the preset's encoder (input shape, output channels, kernel, stride; one forward
+of 2 x batch_size views), times a bf16-autocast forward + backward of each with nn.Conv2d and
+with fastclr's layer in alternating slices in one process (where fastclr's keeps the native
+backward, both run the same kernels), then the whole training step in bf16 (augmentation,
+forward, loss, backward, LARS) of two copies of the preset's run, one with
+fastclr.models.OWN_CONV_BACKWARD off, in alternating slices (random images).
 """
 
 from __future__ import annotations
@@ -26,29 +27,31 @@ import torch.nn as nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from fastclr import models  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
-from fastclr.models import PointwiseConv2d  # noqa: E402
+from fastclr.models import SmallMapConv2d  # noqa: E402
 from batch_norm import alternate, layer_arguments, layer_inputs, time_steps  # noqa: E402
 
 CL = torch.channels_last
 
 
 def layer_shapes(cfg, batch: int) -> Counter:
-    """((N, C, H, W) input, output channels, stride) of each 1x1 convolution, with counts."""
-    return layer_inputs(cfg, batch,
-                        lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1),
-                        lambda m, x: (tuple(x.shape), m.out_channels, m.stride[0]))
+    """((N, C, H, W) input, output channels, kernel, stride) of each convolution fastclr may
+    give its own backward, with counts."""
+    return layer_inputs(cfg, batch, lambda m: isinstance(m, SmallMapConv2d),
+                        lambda m, x: (tuple(x.shape), m.out_channels, m.kernel_size[0],
+                                      m.stride[0]))
 
 
-def time_pair(shape: tuple, cout: int, stride: int, rounds: int, steps: int
+def time_pair(shape: tuple, cout: int, kernel: int, stride: int, rounds: int, steps: int
               ) -> tuple[float, float, bool]:
-    """Seconds per bf16 forward + backward of nn.Conv2d and of PointwiseConv2d, alternated,
+    """Seconds per bf16 forward + backward of nn.Conv2d and of SmallMapConv2d, alternated,
     and whether fastclr's took its own backward."""
     x = torch.randn(shape).contiguous(memory_format=CL).requires_grad_()
-    layers = [nn.Conv2d(shape[1], cout, 1, stride, bias=False).to(memory_format=CL),
-              PointwiseConv2d(shape[1], cout, 1, stride, bias=False).to(memory_format=CL)]
+    geometry = (shape[1], cout, kernel, stride, (kernel - 1) // 2)
+    layers = [nn.Conv2d(*geometry, bias=False).to(memory_format=CL),
+              SmallMapConv2d(*geometry, bias=False).to(memory_format=CL)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         grad = torch.randn_like(layers[0](x))
-        own = type(layers[1](x).grad_fn).__name__ == "_PointwiseConvBackward"
+        own = type(layers[1](x).grad_fn).__name__ == "_SmallMapConvBackward"
 
     def calls(layer):
         def work(n: int) -> None:
@@ -64,7 +67,7 @@ def time_pair(shape: tuple, cout: int, stride: int, rounds: int, steps: int
 
 
 def use_own(flag: bool) -> None:
-    models.OWN_POINTWISE_BACKWARD = flag
+    models.OWN_CONV_BACKWARD = flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides=overrides)
     rows = []
     shapes = layer_shapes(cfg, cfg.batch_size)
-    for (shape, cout, stride), count in sorted(shapes.items(),
-                                               key=lambda kv: (-kv[0][0][2], kv[0][0][1])):
-        native, ours, own = time_pair(shape, cout, stride, args.rounds, args.steps)
-        rows.append({"shape": list(shape), "out": cout, "stride": stride, "layers": count,
-                     "native_ms": native * 1e3, "fastclr_ms": ours * 1e3, "own_backward": own})
+    for (shape, cout, kernel, stride), count in sorted(
+            shapes.items(), key=lambda kv: (-kv[0][0][2], kv[0][2], kv[0][0][1])):
+        native, ours, own = time_pair(shape, cout, kernel, stride, args.rounds, args.steps)
+        rows.append({"shape": list(shape), "out": cout, "kernel": kernel, "stride": stride,
+                     "layers": count, "native_ms": native * 1e3, "fastclr_ms": ours * 1e3,
+                     "own_backward": own})
     total_native = sum(r["native_ms"] * r["layers"] for r in rows)
     total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
@@ -99,19 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.config}: 1x1 convolutions, bf16 forward + backward, "
+    print(f"{args.config}: convolutions, bf16 forward + backward, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'input (N, C, H, W)':>22} {'out':>4} {'stride':>6} {'layers':>6} {'PyTorch ms':>11} "
-          f"{'fastclr ms':>11} {'ratio':>6}  backward")
+    print(f"{'input (N, C, H, W)':>22} {'out':>4} {'kernel':>6} {'stride':>6} {'layers':>6} "
+          f"{'PyTorch ms':>11} {'fastclr ms':>11} {'ratio':>6}  backward")
     for r in rows:
-        print(f"{str(tuple(r['shape'])):>22} {r['out']:>4} {r['stride']:>6} {r['layers']:>6} "
+        print(f"{str(tuple(r['shape'])):>22} {r['out']:>4} {r['kernel']:>6} {r['stride']:>6} "
+              f"{r['layers']:>6} "
               f"{r['native_ms']:>11.2f} {r['fastclr_ms']:>11.2f} "
               f"{r['native_ms'] / r['fastclr_ms']:>6.2f}  "
               f"{'fastclr' if r['own_backward'] else 'native'}")
-    print(f"{'a step, all layers':>22} {'':>4} {'':>6} {sum(r['layers'] for r in rows):>6} "
+    print(f"{'a step, all layers':>22} {'':>4} {'':>6} {'':>6} "
+          f"{sum(r['layers'] for r in rows):>6} "
           f"{total_native:>11.1f} {total_ours:>11.1f} {result['ratio']:>6.2f}")
     if args.step_steps:
-        print(f"{'whole training step':>22} {'':>4} {'':>6} {'':>6} "
+        print(f"{'whole training step':>22} {'':>4} {'':>6} {'':>6} {'':>6} "
               f"{result['step_native_ms']:>11.1f} {result['step_fastclr_ms']:>11.1f} "
               f"{result['step_ratio']:>6.2f}  ({args.rounds} x {args.step_steps} bf16 steps each, "
               f"alternating, compile {'on' if args.compile else 'off'})")
