@@ -17,6 +17,7 @@ from augment.test_augment import (FIGURE4_OPS, PIPELINE_TOL, TOL, as_float, asse
                                   assert_cuda_applies_as_cpu, cuda_views_without_waits, gen,
                                   real_images, reference_sobel, reference_view)
 from fastclr import augment as A
+from fixtures import HANG_SECONDS
 
 # ---- with the new ops off, a seed gives the views it always gave ------------------------------
 
@@ -165,7 +166,7 @@ def test_op_names_import_without_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(len(OPS))")
     root = Path(A.__file__).parents[2]                  # this checkout, not an installed copy
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=HANG_SECONDS)
     assert out.returncode == 0 and out.stdout.strip() == "10", out.stderr
 
 
