@@ -74,8 +74,10 @@ def step(out: Path, mode: str) -> tuple[str, str]:
               f"{r['gflop_per_view']:.2f} GFLOP a view, {r['achieved_tflops']:.1f} TFLOP/s, "
               f"{mfu}; augmentation {100 * r['augment_share']:.1f}% of a step")
     if r.get("ratio") is not None:
+        layers = {"torch": ", PyTorch's layers", "fastclr": ", fastclr's layers"}.get(
+            r.get("peer_layers"), "")
         figure += (f"; peer loop {r['peer_views_per_s']:,.0f} views/s ({r['peer_workers']} "
-                   f"workers): fastclr {r['ratio']:.2f}x")
+                   f"workers{layers}): fastclr {r['ratio']:.2f}x")
     return label, figure
 
 

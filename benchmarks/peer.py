@@ -6,9 +6,10 @@ RandomApply([ColorJitter], p), RandomGrayscale(p), blur and solarize where the c
 them, ToImage, ToDtype(float32, scale=True)), with the config's settings; the two views are
 collated on the CPU and copied to the device. The step itself is the same as fastclr's: the
 same model (a copy, in the same memory format, compiled and autocast alike), one forward of
-the 2N views, the same nt_xent and the same optimiser and lr schedule; so a comparison
-measures the data path and the loop, not the model. Like most loops it reads the loss on the
-host every step (`loss.item()`, for its progress bar).
+the 2N views, the same nt_xent and the same optimiser and lr schedule. Like most loops it
+reads the loss on the host every step (`loss.item()`, for its progress bar). The model is
+built of PyTorch's own layers, as a peer's torchvision ResNet is (`torch_layers`), or, to
+measure the data path and the loop alone, of fastclr's (the caller's choice).
 
 Used by benchmarks/train_step.py (views/s) and benchmarks/time_to_accuracy.py.
 """
@@ -16,6 +17,7 @@ Used by benchmarks/train_step.py (views/s) and benchmarks/time_to_accuracy.py.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import numpy as np
@@ -24,11 +26,16 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fastclr import norms
 from fastclr.augment import blur_kernel_size
 from fastclr.config import Config
 from fastclr.data.batches import epoch_order
 from fastclr.loss import nt_xent
+from fastclr.models import SmallMapConv2d
 from fastclr.optim import build_optimizer, lr_at
+
+# which layers the peer's model is built of (benchmarks' --peer-layers)
+PEER_LAYERS = ("torch", "fastclr")
 
 
 def usable_cpus() -> int:
@@ -36,6 +43,25 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def torch_layers(model: nn.Module) -> nn.Module:
+    """`model` built of PyTorch's own layers, as a peer's torchvision ResNet is, in place:
+    fastclr's layers that change only how a CPU step computes the backward
+    (models.SmallMapConv2d, norms.BatchNorm2d) become nn.Conv2d and nn.BatchNorm2d. The
+    parameters and buffers stay the same objects, so the forward gives the same numbers."""
+    for m in model.modules():
+        if type(m) is SmallMapConv2d:
+            m.__class__ = nn.Conv2d
+        elif type(m) is norms.BatchNorm2d:
+            m.__class__ = nn.BatchNorm2d
+    return model
+
+
+def peer_model(model: nn.Module, layers: str) -> nn.Module:
+    """A copy of fastclr's `model` for the peer loop, of `layers` (PEER_LAYERS)."""
+    twin = copy.deepcopy(model)
+    return torch_layers(twin) if layers == "torch" else twin
 
 
 def peer_transform(cfg: Config, size: int):

@@ -6,9 +6,10 @@
 
 Both loops train the same preset (default fashion-mnist-cpu) from the same initial weights
 with the same recipe: its model, batch, augmentation settings, optimiser (LARS with the
-preset's warmup and cosine schedule over its epochs) and seed. They differ in the loop only:
+preset's warmup and cosine schedule over its epochs) and seed. They differ in the loop:
 (a) fastclr's (Run.train_step: augmentation batched on the device), (b) the peer loop of
-benchmarks/peer.py (per-image torchvision.transforms.v2 on PIL images in DataLoader workers).
+benchmarks/peer.py (per-image torchvision.transforms.v2 on PIL images in DataLoader workers),
+whose model is built of PyTorch's own layers as a peer's is (or of fastclr's, --peer-layers).
 The two take turns in slices of --slice-seconds, each with a clock of its own that runs only
 in its slices, so other jobs on a shared machine slow both alike. When a loop's clock passes
 a mark, its encoder is copied; a loop that reaches the end of the preset's schedule stops,
@@ -43,7 +44,7 @@ from fastclr.eval.plots import _save_png  # noqa: E402
 from fastclr.eval.probes import linear_probe  # noqa: E402
 from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
 from fastclr.train.step import build_run  # noqa: E402
-from peer import PeerLoop, usable_cpus  # noqa: E402
+from peer import PEER_LAYERS, PeerLoop, peer_model, usable_cpus  # noqa: E402
 
 
 class Side:
@@ -181,6 +182,10 @@ def parse_args(argv):
     p.add_argument("--probe-test", type=int, help="test images scored (default all)")
     p.add_argument("--slice-seconds", type=float, default=20.0,
                    help="length of each loop's turn (default 20)")
+    p.add_argument("--peer-layers", choices=PEER_LAYERS, default="torch",
+                   help="what the peer's model is built of: torch (nn.Conv2d, nn.BatchNorm2d, "
+                   "as a peer's torchvision ResNet; default) or fastclr (its layers with their "
+                   "own CPU backward)")
     p.add_argument("--out", default="runs/time-to-accuracy", help="folder for JSON and PNG")
     return p.parse_args(argv)
 
@@ -203,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     except FastclrError as e:
         print(f"time_to_accuracy.py: {e}", file=sys.stderr)
         return 2
-    peer = PeerLoop(cfg, copy.deepcopy(run.model), pretrain.images, pretrain.shape[-1],
+    peer = PeerLoop(cfg, peer_model(run.model, args.peer_layers), pretrain.images,
+                    pretrain.shape[-1],
                     ctx.device, args.workers, run.total_steps, run.warmup_steps, run.peak_lr,
                     run.channels_last, run.autocast)
     sides = [FastclrSide(run), PeerSide(peer, run.total_steps)]
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train, n_test = evaluate(sides, cfg, args.probe_train, args.probe_test, ctx.device)
     result = {
         "config": cfg.name, "device": str(ctx.device), "threads": torch.get_num_threads(),
-        "peer_workers": args.workers, "pretrain_images": len(pretrain),
+        "peer_workers": args.workers, "peer_layers": args.peer_layers,
+        "pretrain_images": len(pretrain),
         "schedule_steps": run.total_steps, "epochs": cfg.epochs, "batch": cfg.batch_size,
         "optimizer": f"{cfg.optimizer} (both loops; lr peak {run.peak_lr:.3g}, "
                      f"{run.warmup_steps} warmup steps, cosine to step {run.total_steps})",

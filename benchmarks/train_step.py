@@ -10,8 +10,11 @@
     -> optimiser. Its augmentation is also timed alone, for its share of a step.
 (b) the peer loop (benchmarks/peer.py): per-image torchvision.transforms.v2 on PIL images in
     DataLoader workers feeding the same model, loss and optimiser with the same batch and
-    the same torch threads.
-Both run in this process in alternating slices (other jobs on a shared machine slow both
+    the same torch threads. The model is built of PyTorch's own layers (nn.Conv2d,
+    nn.BatchNorm2d), as a peer's torchvision ResNet is; on a CPU a second peer loop is timed
+    too, with fastclr's layers (their own CPU backward where it is faster), so that its ratio
+    measures the data path and the loop alone (--peer-layers).
+All run in this process in alternating slices (other jobs on a shared machine slow both
 alike), each after its warm-up (compilation included there); CUDA slices end with a
 synchronize. A "view" is one augmented image, two per image; ratio = views/s of (a) / (b).
 On Linux the CPU time of each slice is read too, the peer's workers included: the CPU-time
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -45,7 +47,7 @@ from fastclr.errors import FastclrError  # noqa: E402
 from fastclr.loss import nt_xent  # noqa: E402
 from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
 from fastclr.train.step import build_run  # noqa: E402
-from peer import PeerLoop, usable_cpus  # noqa: E402
+from peer import PEER_LAYERS, PeerLoop, peer_model, usable_cpus  # noqa: E402
 
 # Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets: (bf16, tf32). fp32 training
 # runs its matmuls and convolutions in TF32 on these GPUs (fastclr enables it), hence tf32.
@@ -144,7 +146,7 @@ class Timer:
         self.count += count
 
 
-def measure(args, cfg, run, peer) -> dict:
+def measure(args, cfg, run, peers: dict) -> dict:
     device = run.ctx.device
     batches = endless(run.batches)
     fmt = torch.channels_last if run.channels_last else torch.contiguous_format
@@ -165,29 +167,37 @@ def measure(args, cfg, run, peer) -> dict:
     started = time.perf_counter()
     ours(args.warmup)  # compilation, cudnn's algorithm search, first-touch of buffers
     augmentation(2)
-    if peer is not None:
+    for peer in peers.values():
         peer.steps(2)
     warmup_seconds = time.perf_counter() - started
-    timers = {"fastclr": Timer(device), "augment": Timer(device), "peer": Timer(device)}
+    timers = {"fastclr": Timer(device), "augment": Timer(device)}
+    timers.update({f"peer:{layers}": Timer(device) for layers in peers})
     per_slice = -(-args.steps // args.rounds)
-    round_ratios = []  # the ratio of each round alone: how much it moves from slice to slice
+    # the ratio of each round alone: how much it moves from slice to slice
+    round_ratios = {layers: [] for layers in peers}
     for _ in range(args.rounds):
-        before = timers["fastclr"].seconds, timers["peer"].seconds
+        ours_before = timers["fastclr"].seconds
         timers["fastclr"].time(ours, per_slice)
+        ours_slice = timers["fastclr"].seconds - ours_before
         timers["augment"].time(augmentation, per_slice)
-        if peer is not None:
-            timers["peer"].time(peer.steps, per_slice)
-            round_ratios.append((timers["peer"].seconds - before[1])
-                                / (timers["fastclr"].seconds - before[0]))
+        for layers, peer in peers.items():
+            timer = timers[f"peer:{layers}"]
+            before = timer.seconds
+            timer.time(peer.steps, per_slice)
+            round_ratios[layers].append((timer.seconds - before) / ours_slice)
     views = 2 * cfg.batch_size
     rate = {k: views * t.count / t.seconds for k, t in timers.items() if t.count}
     per_cpu = {k: views * t.count / t.cpu for k, t in timers.items() if t.count and t.cpu}
-    return {"views_per_s": rate["fastclr"], "peer_views_per_s": rate.get("peer"),
-            "cpu_ratio": per_cpu["fastclr"] / per_cpu["peer"] if "peer" in per_cpu else None,
+    return {"views_per_s": rate["fastclr"],
+            "peers": [{"layers": layers, "views_per_s": rate[f"peer:{layers}"],
+                       "ratio": rate["fastclr"] / rate[f"peer:{layers}"],
+                       "round_ratios": round_ratios[layers],
+                       "cpu_time_ratio": per_cpu["fastclr"] / per_cpu[f"peer:{layers}"]
+                       if f"peer:{layers}" in per_cpu and "fastclr" in per_cpu else None}
+                      for layers in peers],
             "step_ms": 1000 * timers["fastclr"].seconds / timers["fastclr"].count,
             "augment_ms": 1000 * timers["augment"].seconds / timers["augment"].count,
-            "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count,
-            "round_ratios": round_ratios}
+            "warmup_s": warmup_seconds, "timed_steps": timers["fastclr"].count}
 
 
 def endless(batches):
@@ -232,6 +242,12 @@ def parse_args(argv):
                    help="the device's peak for MFU (default: a table of NVIDIA data-center "
                    "GPUs, bf16 or tf32 dense; none for CPUs)")
     p.add_argument("--no-peer", action="store_true", help="time fastclr's step only")
+    p.add_argument("--peer-layers", choices=(*PEER_LAYERS, "both"),
+                   help="what the peer's model is built of: torch (nn.Conv2d, nn.BatchNorm2d, "
+                   "as a peer's torchvision ResNet), fastclr (its layers with their own CPU "
+                   "backward: the ratio then measures the data path and the loop alone) or "
+                   "both, each a loop of its own (default: both on a CPU, torch elsewhere, "
+                   "where the two are the same)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show", metavar="JSON", help="print the report of a saved --json result "
                    "and exit (benchmarks/gpu.sh does)")
@@ -266,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     except FastclrError as e:
         print(f"train_step.py: {e}", file=sys.stderr)
         return 2
-    peer = None
-    if not args.no_peer:
-        peer = PeerLoop(cfg, copy.deepcopy(run.model), pretrain.images, pretrain.shape[-1],
-                        ctx.device, args.workers, run.total_steps, run.warmup_steps,
-                        run.peak_lr, run.channels_last, run.autocast)
+    layers = args.peer_layers or ("both" if ctx.device.type == "cpu" else "torch")
+    peers = {} if args.no_peer else {
+        kind: PeerLoop(cfg, peer_model(run.model, kind), pretrain.images, pretrain.shape[-1],
+                       ctx.device, args.workers, run.total_steps, run.warmup_steps,
+                       run.peak_lr, run.channels_last, run.autocast)
+        for kind in (PEER_LAYERS if layers == "both" else (layers,))}
     flops = count_flops(run, next(endless(run.batches)))
-    m = measure(args, cfg, run, peer)
+    m = measure(args, cfg, run, peers)
+    first = m["peers"][0] if m["peers"] else None  # the peer as peers run it, where timed
     peak, peak_source = device_peak(ctx.device, run.autocast, args.peak_tflops)
     achieved = flops * m["views_per_s"] / 1e12
     native = ctx.device.type == "cpu" and augment.NATIVE is not None \
@@ -291,11 +309,18 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak, "peak_source": peak_source,
         "mfu": round(achieved / peak, 4) if peak else None,
         "warmup_s": round(m["warmup_s"], 1), "timed_steps": m["timed_steps"],
-        "peer_workers": None if peer is None else args.workers,
-        "peer_views_per_s": None if peer is None else round(m["peer_views_per_s"], 1),
-        "ratio": None if peer is None else round(m["views_per_s"] / m["peer_views_per_s"], 2),
-        "round_ratios": [round(r, 2) for r in m["round_ratios"]] or None,
-        "cpu_time_ratio": None if m["cpu_ratio"] is None else round(m["cpu_ratio"], 2),
+        "peer_workers": None if first is None else args.workers,
+        "peer_layers": None if first is None else first["layers"],
+        "peer_views_per_s": None if first is None else round(first["views_per_s"], 1),
+        "ratio": None if first is None else round(first["ratio"], 2),
+        "round_ratios": None if first is None else [round(r, 2) for r in first["round_ratios"]],
+        "cpu_time_ratio": None if first is None or first["cpu_time_ratio"] is None
+        else round(first["cpu_time_ratio"], 2),
+        "peers": [{"layers": p["layers"], "views_per_s": round(p["views_per_s"], 1),
+                   "ratio": round(p["ratio"], 2),
+                   "round_ratios": [round(r, 2) for r in p["round_ratios"]],
+                   "cpu_time_ratio": None if p["cpu_time_ratio"] is None
+                   else round(p["cpu_time_ratio"], 2)} for p in m["peers"]],
     }
     print(json.dumps(result) if args.json else report(result))
     return 0
@@ -314,14 +339,22 @@ def report(r: dict) -> str:
         f"  fastclr step  {r['views_per_s']:>10,.0f} views/s  ({r['step_ms']:.1f} ms a step, "
         f"augmentation {r['augment_ms']:.1f} ms = {100 * r['augment_share']:.1f}% of it)",
     ]
-    if r["ratio"] is not None:
-        lines.append(f"  peer loop     {r['peer_views_per_s']:>10,.0f} views/s  (torchvision v2 "
-                     f"per PIL image in {r['peer_workers']} DataLoader workers)")
-        cpu = f" (views per CPU-second, workers included: {r['cpu_time_ratio']:.2f}x)" \
-            if r.get("cpu_time_ratio") is not None else ""
-        rounds = r.get("round_ratios") or []
+    # results saved before the second peer: one peer, its figures at the top level
+    peers = r.get("peers") or ([{"layers": r.get("peer_layers", "fastclr"),
+                                 "views_per_s": r["peer_views_per_s"], "ratio": r["ratio"],
+                                 "round_ratios": r.get("round_ratios"),
+                                 "cpu_time_ratio": r.get("cpu_time_ratio")}]
+                               if r["ratio"] is not None else [])
+    for p in peers:
+        made_of = {"torch": "PyTorch's layers", "fastclr": "fastclr's layers"}[p["layers"]]
+        lines.append(f"  peer loop     {p['views_per_s']:>10,.0f} views/s  (torchvision v2 "
+                     f"per PIL image in {r['peer_workers']} DataLoader workers; the model of "
+                     f"{made_of})")
+        cpu = f" (views per CPU-second, workers included: {p['cpu_time_ratio']:.2f}x)" \
+            if p.get("cpu_time_ratio") is not None else ""
+        rounds = p.get("round_ratios") or []
         spread = f", rounds {min(rounds):.2f}-{max(rounds):.2f}x" if len(rounds) > 1 else ""
-        lines.append(f"  ratio         {r['ratio']:>10.2f}x{spread}{cpu}")
+        lines.append(f"  ratio         {p['ratio']:>10.2f}x{spread}{cpu}")
     lines.append(f"  {r['gflop_per_view']:.3f} GFLOP a view (forward + backward); "
                  f"{r['achieved_tflops']:.3f} TFLOP/s achieved; {mfu}")
     lines.append(f"  {r['timed_steps']} timed steps a loop after {r['warmup_s']:.0f} s of warm-up")

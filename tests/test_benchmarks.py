@@ -34,6 +34,13 @@ def test_train_step_times_both_loops_and_counts_flops():
     assert r["ratio"] == pytest.approx(r["views_per_s"] / r["peer_views_per_s"], abs=0.01)
     # one round: its own ratio is the whole run's (both timed over the same slices)
     assert r["round_ratios"] == [pytest.approx(r["ratio"], abs=0.01)]
+    # on a CPU two peers, each timed on its own: the model of PyTorch's layers first (the top
+    # level's figures), then of fastclr's
+    assert [p["layers"] for p in r["peers"]] == ["torch", "fastclr"]
+    assert r["peer_layers"] == "torch" and r["peers"][0]["ratio"] == r["ratio"]
+    for p in r["peers"]:
+        assert p["views_per_s"] > 0 and len(p["round_ratios"]) == 1
+        assert p["ratio"] == pytest.approx(r["views_per_s"] / p["views_per_s"], abs=0.01)
     assert 0 < r["augment_share"] < 1
     # ResNet-50 x1/8 with the stride-2 stem on 28 px: ~28 MFLOP a view, forward + backward
     assert 0.02 < r["gflop_per_view"] < 0.04
@@ -98,3 +105,38 @@ def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):
                    for p in points)
         assert 0 < points[0]["step"] <= points[1]["step"]
         assert all(0.1 < p["linear_top1"] <= 1 for p in points)  # above chance on 10 classes
+
+
+def test_peer_model_is_built_of_torch_layers_with_the_same_numbers():
+    """The peer's model of PyTorch's own layers is a copy of fastclr's whose SmallMapConv2d
+    and norms.BatchNorm2d layers are nn.Conv2d and nn.BatchNorm2d: the same weights, the same
+    training forward and gradients in fp32 (where fastclr's layers compute what torch's do);
+    fastclr's model is left as it was."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peer import peer_model
+    from fastclr import norms
+    from fastclr.config import load_config
+    from fastclr.models import SmallMapConv2d, build_model
+    from fastclr.spec import ModelSpec
+    torch.manual_seed(0)
+    spec = ModelSpec.from_config(load_config("fashion-mnist-cpu"), 1, (0.5,), (0.25,))
+    ours = build_model(spec).to(memory_format=torch.channels_last)
+    theirs = peer_model(ours, "torch")
+    fastclr_kinds = (SmallMapConv2d, norms.BatchNorm2d)
+    # ResNet-50: 53 convolutions, each with its batch norm
+    assert sum(type(m) in fastclr_kinds for m in ours.modules()) == 106
+    assert not any(type(m) in fastclr_kinds for m in theirs.modules())
+    assert sum(type(m) is torch.nn.Conv2d for m in theirs.modules()) == 53
+    assert sum(isinstance(m, fastclr_kinds) for m in peer_model(ours, "fastclr").modules()) \
+        == 106
+    x = torch.rand(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for model in (ours, theirs):
+        model.zero_grad()
+        h, z = model(x)
+        z.square().sum().backward()
+        outs.append((h.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
