@@ -45,7 +45,8 @@ class SmallMapConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips the body (as in norms.BatchNorm2d)
-            if _own_backward_pays(x, self.weight, self.stride[0], self.padding[0]):
+            if _plain_square(self) and \
+                    _own_backward_pays(x, self.weight, self.stride[0], self.padding[0]):
                 return self._own_backward(x)
         return self._conv_forward(x, self.weight, self.bias)
 
@@ -99,13 +100,13 @@ def _small_map_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     # (N*Ho*Wo, k*k*Ci): the k x k window each output pixel reads (a view for 1x1, stride 1)
     windows = pixels.as_strided((n, ho, wo, k, k, ci), (sn, stride * sh, stride * sw, sh, sw, 1)
                                 ).reshape(-1, k * k * ci)
-    flat_weight = weight.permute(0, 2, 3, 1).reshape(co, k * k * ci)  # a view, see the gate
     grad_w = (g2.t() @ windows).as_strided(weight.shape, weight.stride())
     if k > 1:  # oneDNN's input gradient is fast; its weight gradient is the slow part
         grad_x = torch.ops.aten.convolution_backward(
             grad, x, weight, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0],
             1, [True, False, False])[0]
         return grad_x.contiguous(memory_format=torch.channels_last), grad_w
+    flat_weight = weight.permute(0, 2, 3, 1).reshape(co, ci)  # a view, see the gate
     grad_seen = (g2 @ flat_weight).view(n, ho, wo, ci)  # (N, Ho, Wo, Ci)
     if stride > 1:
         grad_x = x.new_zeros(n, h, w, ci)  # unread pixels: no gradient
@@ -152,12 +153,19 @@ def small_map_convolutions(module: nn.Module) -> nn.Module:
     ResNets' 1x1 and 3x3 ones) a SmallMapConv2d, in place: the class changes, the parameters
     are the same objects (no new draws from the RNG)."""
     for m in module.modules():
-        k = m.kernel_size[0] if type(m) is nn.Conv2d else 0
-        if k and m.kernel_size == (k, k) and k % 2 and m.padding == ((k - 1) // 2,) * 2 \
-                and m.groups == 1 and m.bias is None and m.dilation == (1, 1) \
-                and m.stride[0] == m.stride[1] and m.padding_mode == "zeros":
+        if type(m) is nn.Conv2d and _plain_square(m) and m.kernel_size[0] % 2 \
+                and m.padding[0] == (m.kernel_size[0] - 1) // 2:
             m.__class__ = SmallMapConv2d
     return module
+
+
+def _plain_square(m: nn.Conv2d) -> bool:
+    """A convolution the matrix-product backward computes: square kernel, stride and zero
+    padding, no dilation, groups or bias."""
+    return (m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
+            and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1]
+            and m.padding_mode == "zeros" and m.dilation == (1, 1) and m.groups == 1
+            and m.bias is None)
 
 
 class ResNet(nn.Module):

@@ -146,9 +146,9 @@ def test_small_map_conv_weight_gradient_is_exact_in_fp32_sums():
 def test_small_map_conv_is_native_elsewhere(monkeypatch):
     """fp32, 14x14 maps, 49-pixel maps that widen, 16-pixel ones that widen from fewer than 64
     channels, 3x3 layers with fewer than 64 channels in or on maps over 16 pixels, the (N, C, H,
-    W) layout, a weight laid out otherwise, no grad and OWN_CONV_BACKWARD off all keep
-    PyTorch's convolution (fp32 training on CPU: the same ops as nn.Conv2d, hence the same
-    numbers)."""
+    W) layout, a weight laid out otherwise, a bias, groups, dilation or non-square geometry, no
+    grad and OWN_CONV_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
+    same ops as nn.Conv2d, hence the same numbers)."""
     from fastclr import models
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     fp32 = torch.autocast("cpu", enabled=False)
@@ -167,9 +167,17 @@ def test_small_map_conv_is_native_elsewhere(monkeypatch):
     odd.weight = torch.nn.Parameter(torch.randn(64, 16, 1, 1).transpose(0, 1))
     wide, _ = _conv_pair(64, 64, 1, 3)  # a 3x3 weight in (Co, Ci, k, k) order, not (Co, k, k, Ci)
     wide.weight = torch.nn.Parameter(wide.weight.detach().contiguous())
+    # what the matrix products do not compute: a bias, groups, dilation, non-square geometry
+    others = [models.SmallMapConv2d(64, 16, 1, bias=True),
+              models.SmallMapConv2d(64, 16, 1, groups=2, bias=False),
+              models.SmallMapConv2d(64, 16, 3, padding=2, dilation=2, bias=False),
+              models.SmallMapConv2d(64, 16, 3, stride=(1, 2), padding=1, bias=False)]
     with bf16:
         assert type(odd(x).grad_fn).__name__ != OWN_CONV
         assert type(wide(x).grad_fn).__name__ != OWN_CONV
+        for layer in others:
+            layer = layer.to(memory_format=CL)
+            assert type(layer(x).grad_fn).__name__ != OWN_CONV, layer
         with torch.no_grad():
             assert ours(x).grad_fn is None
         assert type(ours(x).grad_fn).__name__ == OWN_CONV
