@@ -290,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         for kind in (PEER_LAYERS if layers == "both" else (layers,))}
     flops = count_flops(run, next(endless(run.batches)))
     m = measure(args, cfg, run, peers)
-    first = m["peers"][0] if m["peers"] else None  # the peer as peers run it, where timed
+    timed = [{"layers": p["layers"], "views_per_s": round(p["views_per_s"], 1),
+              "ratio": round(p["ratio"], 2),
+              "round_ratios": [round(r, 2) for r in p["round_ratios"]],
+              "cpu_time_ratio": None if p["cpu_time_ratio"] is None
+              else round(p["cpu_time_ratio"], 2)} for p in m["peers"]]
+    first = timed[0] if timed else {}  # the peer as peers run it, where timed
     peak, peak_source = device_peak(ctx.device, run.autocast, args.peak_tflops)
     achieved = flops * m["views_per_s"] / 1e12
     native = ctx.device.type == "cpu" and augment.NATIVE is not None \
@@ -309,18 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak, "peak_source": peak_source,
         "mfu": round(achieved / peak, 4) if peak else None,
         "warmup_s": round(m["warmup_s"], 1), "timed_steps": m["timed_steps"],
-        "peer_workers": None if first is None else args.workers,
-        "peer_layers": None if first is None else first["layers"],
-        "peer_views_per_s": None if first is None else round(first["views_per_s"], 1),
-        "ratio": None if first is None else round(first["ratio"], 2),
-        "round_ratios": None if first is None else [round(r, 2) for r in first["round_ratios"]],
-        "cpu_time_ratio": None if first is None or first["cpu_time_ratio"] is None
-        else round(first["cpu_time_ratio"], 2),
-        "peers": [{"layers": p["layers"], "views_per_s": round(p["views_per_s"], 1),
-                   "ratio": round(p["ratio"], 2),
-                   "round_ratios": [round(r, 2) for r in p["round_ratios"]],
-                   "cpu_time_ratio": None if p["cpu_time_ratio"] is None
-                   else round(p["cpu_time_ratio"], 2)} for p in m["peers"]],
+        "peer_workers": args.workers if timed else None,
+        "peer_layers": first.get("layers"), "peer_views_per_s": first.get("views_per_s"),
+        "ratio": first.get("ratio"), "round_ratios": first.get("round_ratios"),
+        "cpu_time_ratio": first.get("cpu_time_ratio"), "peers": timed,
     }
     print(json.dumps(result) if args.json else report(result))
     return 0
