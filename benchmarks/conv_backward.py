@@ -11,6 +11,10 @@ with fastclr's layer in alternating slices in one process (where fastclr's keeps
 backward, both run the same kernels), then the whole training step in bf16 (augmentation,
 forward, loss, backward, LARS) of two copies of the preset's run, one with
 fastclr.models.OWN_CONV_BACKWARD off, in alternating slices (random images).
+
+fastclr takes its own backward only on CPUs with native bf16 (AMX or AVX-512 BF16,
+models.NATIVE_BF16_CPU); this script times it on any CPU, as it would run there, and says
+whether this CPU is one of them.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile the whole-step copies (default: on, where fastclr's "
                              "bf16 CPU step is fastest)")
     args = parser.parse_args(argv)
+    native_bf16 = models.NATIVE_BF16_CPU
+    models.NATIVE_BF16_CPU = True  # time fastclr's backward on any CPU (see above)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"device": "cpu", "tensorboard": False, "final_eval": False,
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     total_native = sum(r["native_ms"] * r["layers"] for r in rows)
     total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
+              "native_bf16_cpu": native_bf16,
               "compile": args.compile, "per_step_native_ms": total_native,
               "per_step_fastclr_ms": total_ours, "ratio": total_native / total_ours}
     if args.step_steps:
@@ -104,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"{args.config}: convolutions, bf16 forward + backward, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; this CPU "
+          f"{'has' if native_bf16 else 'lacks'} native bf16 (fastclr "
+          f"{'takes' if native_bf16 else 'would not take'} the 'fastclr' rows' backward)")
     print(f"{'input (N, C, H, W)':>22} {'out':>4} {'kernel':>6} {'stride':>6} {'layers':>6} "
           f"{'PyTorch ms':>11} {'fastclr ms':>11} {'ratio':>6}  backward")
     for r in rows:

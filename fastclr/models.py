@@ -26,6 +26,19 @@ STEMS = ("small", "small-s2", "imagenet")
 OWN_CONV_BACKWARD = True
 
 
+def _native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 products in hardware (AMX or AVX-512 BF16), where oneDNN's
+    bf16 convolution backward is the slow part that SmallMapConv2d replaces. Elsewhere (AVX2)
+    bf16 is emulated and the matrix products were measured slower (0.68-0.83x)."""
+    try:
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:  # an older torch without these probes
+        return False
+
+
+NATIVE_BF16_CPU = _native_bf16_cpu()
+
+
 class SmallMapConv2d(nn.Conv2d):
     """An nn.Conv2d whose bf16 training backward on CPU, on small feature maps, is matrix
     products.
@@ -40,7 +53,8 @@ class SmallMapConv2d(nn.Conv2d):
     and fewer channels oneDNN wins. There, bf16 training steps on CPU keep the native forward
     and take the matrix products backward (for a 1x1 convolution the input gradient too; for a
     larger kernel oneDNN's input gradient, which is fast): the same sums in another order.
-    fp32, GPUs and everything else are nn.Conv2d's own.
+    fp32, GPUs, CPUs without native bf16 (NATIVE_BF16_CPU) and everything else are nn.Conv2d's
+    own.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +75,11 @@ class SmallMapConv2d(nn.Conv2d):
 def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
                        ) -> bool:
     """Whether this is a bf16 training call on CPU where the matrix products beat oneDNN's
-    backward (measured on 2 cores): output maps of 16 pixels or fewer with 64 input channels
-    or more; for a 1x1 convolution also maps of 4 pixels or fewer, and of 49 or fewer where
-    the layer narrows the channels or strides."""
-    if not (OWN_CONV_BACKWARD and x.device.type == "cpu" and x.dim() == 4
+    backward (measured on 2 cores of a CPU with AMX-BF16; CPUs without native bf16 keep
+    oneDNN's): output maps of 16 pixels or fewer with 64 input channels or more; for a 1x1
+    convolution also maps of 4 pixels or fewer, and of 49 or fewer where the layer narrows the
+    channels or strides."""
+    if not (OWN_CONV_BACKWARD and NATIVE_BF16_CPU and x.device.type == "cpu" and x.dim() == 4
             and torch.is_grad_enabled() and x.requires_grad and weight.requires_grad):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

@@ -42,8 +42,8 @@ class _CountsBatches:
 class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
     """nn.BatchNorm2d, with its own backward where PyTorch's CPU kernel is slow.
 
-    PyTorch's CPU backward for channels-last features takes a slow path when the channel count
-    is not a multiple of 16: on 2 cores a forward + backward of (512, 8, 14, 14) takes 6-7 ms,
+    PyTorch's CPU backward for channels-last features takes a slow path on an AVX-512 CPU when
+    the channel count is not a multiple of 16: on 2 cores a forward + backward of (512, 8, 14, 14) takes 6-7 ms,
     of (512, 16, 14, 14), twice the size, 2.3 ms (benchmarks/batch_norm.py). A 1/8-width
     ResNet (the CPU preset) has 8-channel layers at the largest feature maps. There, training
     steps on CPU use the native forward and a backward of whole-tensor sums and products
@@ -73,10 +73,18 @@ class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
 # False: PyTorch's batch norm everywhere (benchmarks/batch_norm.py times a step both ways)
 OWN_BACKWARD = True
 
+# PyTorch's channels-last kernel works in vectors of 16 floats on an AVX-512 CPU, and channel
+# counts that are not a multiple of 16 leave it a masked remainder in every row; there the own
+# backward was measured faster. With AVX2 (8 floats a vector) the 8-channel layers fill whole
+# vectors and the native backward was measured faster (benchmarks/batch_norm.py: 0.87x for the
+# own one); other CPUs were not measured and keep the native one.
+WIDE_VECTORS = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
 
 def _slow_native_backward(x: torch.Tensor) -> bool:
     """Where PyTorch's CPU batch-norm backward takes its slow channels-last path (fp32)."""
-    return (OWN_BACKWARD and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    return (OWN_BACKWARD and WIDE_VECTORS and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4
             and x.shape[1] % 16 != 0 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling())  # inductor lowers batch norm itself

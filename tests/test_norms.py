@@ -108,6 +108,14 @@ def test_group_count_keeps_four_channels_per_group_and_wu_and_he_32_where_wide()
                for c in range(1, 300))
 
 
+@pytest.fixture
+def wide_vectors(monkeypatch):
+    """The own backward is taken on AVX-512 CPUs only; these tests check it on any CPU."""
+    from fastclr import norms
+    monkeypatch.setattr(norms, "WIDE_VECTORS", True)
+
+
+@pytest.mark.usefixtures("wide_vectors")
 @pytest.mark.parametrize("channels, affine, momentum", [(8, True, 0.1), (24, True, None),
                                                          (12, False, 0.1)])
 def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, momentum):
@@ -148,9 +156,10 @@ def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, 
     torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_native_batch_norm_where_its_backward_is_fast(monkeypatch):
+def test_native_batch_norm_where_its_backward_is_fast(monkeypatch, wide_vectors):
     """Multiples of 16 channels, the (N, C, H, W) layout, eval mode, bf16 and no-grad all keep
-    PyTorch's own batch norm, as does everything with OWN_BACKWARD off."""
+    PyTorch's own batch norm, as does everything with OWN_BACKWARD off, and CPUs without
+    AVX-512."""
     from fastclr import norms
     from fastclr.norms import BatchNorm2d
     cl = torch.channels_last
@@ -166,5 +175,8 @@ def test_native_batch_norm_where_its_backward_is_fast(monkeypatch):
             is None
     x = torch.randn(4, 8, 5, 5).contiguous(memory_format=cl).requires_grad_()
     assert type(BatchNorm2d(8)(x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
+    monkeypatch.setattr(norms, "WIDE_VECTORS", False)
+    assert type(BatchNorm2d(8)(x).grad_fn).__name__ != "_ChannelsLastBatchNormBackward"
+    monkeypatch.setattr(norms, "WIDE_VECTORS", True)
     monkeypatch.setattr(norms, "OWN_BACKWARD", False)
     assert type(BatchNorm2d(8)(x).grad_fn).__name__ != "_ChannelsLastBatchNormBackward"
