@@ -12,7 +12,9 @@ exit leaves the old file or the new one, and the run folder's lock dies with the
 """
 
 import os
-import signal
+# the C module Python itself loads at start-up (os too): nothing to import before the handler
+# is in place (signal.py imports enum; a Ctrl-C landing in that millisecond gave a traceback)
+import _signal
 
 _PID = os.getpid()
 
@@ -33,7 +35,7 @@ def run() -> None:
     """The program: `fastclr.cli.main` on sys.argv, its result as the exit status."""
     global _PID
     _PID = os.getpid()
-    signal.signal(signal.SIGINT, _interrupted)
+    _signal.signal(_signal.SIGINT, _interrupted)
     from fastclr.cli import main
     raise SystemExit(main())
 

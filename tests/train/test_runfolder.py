@@ -108,11 +108,22 @@ def test_run_json_keeps_every_start_and_resume_after_a_kill(tmp_path):
 
 
 def _wait_for_checkpoint(proc, run_dir):
+    """Until run.json records a checkpoint's step for the running session: the checkpoint
+    file appears a moment before that entry, and a stop in between (a loaded machine) would
+    leave end_step at 0."""
     deadline = time.monotonic() + HANG_SECONDS
-    while not list((run_dir / "checkpoints").glob("ckpt-*.pt")):
+    while not (list((run_dir / "checkpoints").glob("ckpt-*.pt"))
+               and _recorded_step(run_dir) > 0):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "no checkpoint"
         time.sleep(0.05)
+
+
+def _recorded_step(run_dir) -> int:
+    try:  # run.json is replaced whole (renamed), never half-written
+        return sessions(run_dir)[-1]["end_step"]
+    except (FileNotFoundError, IndexError):
+        return 0
 
 
 def test_the_lock_refuses_a_second_holder_and_is_released(tmp_path):
