@@ -66,8 +66,11 @@ $(DEV_STAMP): $(STAMP) pyproject.toml
 	$(COMPILE)
 	touch $(DEV_STAMP)
 
+# the tests run one torch thread each (tests/conftest.py): one pytest worker per core, a test
+# file to a worker (its module-scoped fixtures made once); TEST_WORKERS=1 runs them in turn
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 test: install data $(DEV_STAMP)
-	@$(BIN)/python -m pytest; rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
 
