@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     total_native = sum(r["native_ms"] * r["layers"] for r in rows)
     total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
-              "wide_vectors": wide, "per_step_native_ms": total_native, "per_step_fastclr_ms": total_ours,
+              "wide_vectors": wide, "per_step_native_ms": total_native,
+              "per_step_fastclr_ms": total_ours,
               "ratio": total_native / total_ours}
     if args.step_steps:
         native, ours = time_steps(cfg, args.rounds, args.step_steps)

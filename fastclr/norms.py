@@ -43,8 +43,9 @@ class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
     """nn.BatchNorm2d, with its own backward where PyTorch's CPU kernel is slow.
 
     PyTorch's CPU backward for channels-last features takes a slow path on an AVX-512 CPU when
-    the channel count is not a multiple of 16: on 2 cores a forward + backward of (512, 8, 14, 14) takes 6-7 ms,
-    of (512, 16, 14, 14), twice the size, 2.3 ms (benchmarks/batch_norm.py). A 1/8-width
+    the channel count is not a multiple of 16: on 2 cores a forward + backward of
+    (512, 8, 14, 14) takes 6-7 ms, of (512, 16, 14, 14), twice the size, 2.3 ms
+    (benchmarks/batch_norm.py). A 1/8-width
     ResNet (the CPU preset) has 8-channel layers at the largest feature maps. There, training
     steps on CPU use the native forward and a backward of whole-tensor sums and products
     instead, the same arithmetic reordered (tests/test_norms.py); all else is nn.BatchNorm2d's.
