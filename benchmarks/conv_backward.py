@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from fastclr import models  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
 from fastclr.models import SmallMapConv2d  # noqa: E402
-from batch_norm import alternate, layer_arguments, layer_inputs, time_steps  # noqa: E402
+from batch_norm import (alternate, layer_arguments, layer_inputs, own_anywhere,  # noqa: E402
+                        time_steps)
 
 CL = torch.channels_last
 
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile the whole-step copies (default: on, where fastclr's "
                              "bf16 CPU step is fastest)")
     args = parser.parse_args(argv)
-    native_bf16 = models.NATIVE_BF16_CPU
-    models.NATIVE_BF16_CPU = True  # time fastclr's backward on any CPU (see above)
+    native_bf16, cpu_line = own_anywhere(models, "NATIVE_BF16_CPU", "native bf16")
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"device": "cpu", "tensorboard": False, "final_eval": False,
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"{args.config}: convolutions, bf16 forward + backward, "
-          f"{torch.get_num_threads()} threads; this CPU "
-          f"{'has' if native_bf16 else 'lacks'} native bf16 (fastclr "
-          f"{'takes' if native_bf16 else 'would not take'} the 'fastclr' rows' backward)")
+          f"{torch.get_num_threads()} threads; {cpu_line}")
     print(f"{'input (N, C, H, W)':>22} {'out':>4} {'kernel':>6} {'stride':>6} {'layers':>6} "
           f"{'PyTorch ms':>11} {'fastclr ms':>11} {'ratio':>6}  backward")
     for r in rows:
