@@ -2,9 +2,11 @@
 
     python benchmarks/batch_norm.py [--config fashion-mnist-cpu] [--threads N] [--json]
 
-PyTorch's CPU backward for channels-last features is slow when the channel count is not a
-multiple of 16; fastclr.norms.BatchNorm2d then uses its own backward (matrix-vector products
-over the (N*H*W, C) view). This finds the input shape of every batch norm in the preset's
+PyTorch's CPU kernels for channels-last features are slow on some channel counts, and
+fastclr.norms.BatchNorm2d then computes training batch norm its own way: on AVX-512 CPUs, where
+the channel count is not a multiple of 16, a backward of matrix-vector products over the
+(N*H*W, C) view ("rows"); elsewhere, for fewer than 16 channels, PyTorch's kernels on a wide
+view ("wide"). This finds the input shape of every batch norm in the preset's
 encoder (one forward of a batch of 2 x batch_size views, channels-last), and times a training
 forward + backward of each distinct shape with nn.BatchNorm2d and with fastclr's, in
 alternating slices in one process. Shapes where fastclr's is the native one are timed too
@@ -13,8 +15,8 @@ Then the whole training step (augmentation, forward, loss, backward, LARS) of tw
 preset's run, one with fastclr.norms.OWN_BACKWARD off, in alternating slices (random images of
 the data set's shape: the timing does not depend on the pixels).
 
-fastclr takes its own backward only on AVX-512 CPUs (norms.WIDE_VECTORS); this script times it
-on any CPU, as it would run there, and says whether this CPU is one of them.
+By default this times the way this CPU takes; --own rows or --own wide times either on any CPU,
+as it would run there (norms.WIDE_VECTORS: whether this CPU has AVX-512).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from fastclr.spec import ModelSpec  # noqa: E402
 from fastclr.train.loop import _set_backends  # noqa: E402  the backends training sets
 from fastclr.train.step import build_run  # noqa: E402
 from train_step import SHAPES, Timer, endless, images_for  # noqa: E402
+
+
+OWN_BACKWARDS = ("_ChannelsLastBatchNormBackward", "_WideBatchNormBackward")
 
 
 def layer_inputs(cfg, batch: int, wanted, key) -> Counter:
@@ -88,7 +93,7 @@ def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool
         return work
 
     layers = [nn.BatchNorm2d(shape[1]), BatchNorm2d(shape[1])]
-    own = type(layers[1](x).grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
+    own = type(layers[1](x).grad_fn).__name__ in OWN_BACKWARDS
     native, ours = alternate([calls(layer) for layer in layers], rounds, steps)
     return native, ours, own
 
@@ -138,20 +143,17 @@ def layer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def own_anywhere(module, flag: str, kind: str) -> tuple[bool, str]:
-    """Sets `module.flag` (whether this CPU is of the kind fastclr's own backward needs) true,
-    so that the own backward is timed on any CPU as it would run on such a one. Returns what the
-    flag was and a line saying so (`kind`: what such a CPU has)."""
-    has = getattr(module, flag)
-    setattr(module, flag, True)
-    return has, (f"this CPU {'has' if has else 'lacks'} {kind} (fastclr "
-                 f"{'takes' if has else 'would not take'} the 'fastclr' rows' backward)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = layer_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0])
-                           ).parse_args(argv)
-    wide, cpu_line = own_anywhere(norms, "WIDE_VECTORS", "AVX-512")
+    parser = layer_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--own", choices=("this-cpu", "rows", "wide"), default="this-cpu",
+                        help="fastclr's way to time (default: the one this CPU takes)")
+    args = parser.parse_args(argv)
+    wide = norms.WIDE_VECTORS
+    if args.own != "this-cpu":
+        norms.WIDE_VECTORS = args.own == "rows"
+    way = "rows" if norms.WIDE_VECTORS else "wide"
+    cpu_line = (f"this CPU {'has' if wide else 'lacks'} AVX-512 (fastclr takes the "
+                f"{'rows' if wide else 'wide'} way); timed: the {way} way")
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"device": "cpu", "tensorboard": False, "final_eval": False}
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     total_native = sum(r["native_ms"] * r["layers"] for r in rows)
     total_ours = sum(r["fastclr_ms"] * r["layers"] for r in rows)
     result = {"config": args.config, "threads": torch.get_num_threads(), "rows": rows,
-              "wide_vectors": wide, "per_step_native_ms": total_native,
+              "wide_vectors": wide, "own": way, "per_step_native_ms": total_native,
               "per_step_fastclr_ms": total_ours,
               "ratio": total_native / total_ours}
     if args.step_steps:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from fastclr import models  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
 from fastclr.models import SmallMapConv2d  # noqa: E402
-from batch_norm import (alternate, layer_arguments, layer_inputs, own_anywhere,  # noqa: E402
+from batch_norm import (alternate, layer_arguments, layer_inputs,  # noqa: E402
                         time_steps)
 
 CL = torch.channels_last
@@ -73,6 +73,16 @@ def time_pair(shape: tuple, cout: int, kernel: int, stride: int, rounds: int, st
 
 def use_own(flag: bool) -> None:
     models.OWN_CONV_BACKWARD = flag
+
+
+def own_anywhere(module, flag: str, kind: str) -> tuple[bool, str]:
+    """Sets `module.flag` (whether this CPU is of the kind fastclr's own backward needs) true,
+    so that the own backward is timed on any CPU as it would run on such a one. Returns what the
+    flag was and a line saying so (`kind`: what such a CPU has)."""
+    has = getattr(module, flag)
+    setattr(module, flag, True)
+    return has, (f"this CPU {'has' if has else 'lacks'} {kind} (fastclr "
+                 f"{'takes' if has else 'would not take'} the 'fastclr' rows' backward)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,15 +40,20 @@ class _CountsBatches:
 
 
 class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
-    """nn.BatchNorm2d, with its own backward where PyTorch's CPU kernel is slow.
+    """nn.BatchNorm2d, computed its own way where PyTorch's CPU kernels are slow.
 
-    PyTorch's CPU backward for channels-last features takes a slow path on an AVX-512 CPU when
-    the channel count is not a multiple of 16: on 2 cores a forward + backward of
-    (512, 8, 14, 14) takes 6-7 ms, of (512, 16, 14, 14), twice the size, 2.3 ms
-    (benchmarks/batch_norm.py). A 1/8-width
-    ResNet (the CPU preset) has 8-channel layers at the largest feature maps. There, training
-    steps on CPU use the native forward and a backward of whole-tensor sums and products
-    instead, the same arithmetic reordered (tests/test_norms.py); all else is nn.BatchNorm2d's.
+    A 1/8-width ResNet (the CPU preset) has 8-channel layers at the largest feature maps, and
+    PyTorch's CPU kernels for channels-last features are slow on so few channels
+    (benchmarks/batch_norm.py, 2 cores):
+    - on an AVX-512 CPU its backward takes a slow path when the channel count is not a
+      multiple of 16: a forward + backward of (512, 8, 14, 14) takes 6-7 ms, of (512, 16, 14,
+      14), twice the size, 2.3 ms. There, training steps use the native forward and a
+      backward of whole-tensor sums and products (_ChannelsLastBatchNorm);
+    - on other CPUs (an AMD EPYC with AVX2 measured) the forward and the backward of 8
+      channels are both slow: 1.8 and 5.2 ms for (512, 8, 14, 14), against 1.3 and 2.1 for
+      (512, 16, 14, 14). There, training steps with fewer than 16 channels run PyTorch's own
+      kernels on a wide view of the features (_WideBatchNorm): 0.8 and 1.2 ms.
+    Both are the same arithmetic reordered (tests/test_norms.py); all else is nn.BatchNorm2d's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,17 +63,19 @@ class BatchNorm2d(_CountsBatches, nn.BatchNorm2d):
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         if not torch.jit.is_scripting():  # alone in its test: TorchScript skips the body
-            if self.training and torch.is_grad_enabled() and _slow_native_backward(x):
-                return self._own_backward(x, factor)
+            if self.training and torch.is_grad_enabled():
+                own = _own_batch_norm(x)
+                if own is not None:
+                    return self._own(own, x, factor)
         return F.batch_norm(x, self.running_mean if track else None,
                             self.running_var if track else None, self.weight, self.bias,
                             batch_stats, factor, self.eps)
 
     @torch.jit.unused
-    def _own_backward(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+    def _own(self, function, x: torch.Tensor, factor: float) -> torch.Tensor:
         stats = (self.running_mean, self.running_var) if self.track_running_stats \
             else (None, None)
-        return _ChannelsLastBatchNorm.apply(x, self.weight, self.bias, *stats, factor, self.eps)
+        return function.apply(x, self.weight, self.bias, *stats, factor, self.eps)
 
 
 # False: PyTorch's batch norm everywhere (benchmarks/batch_norm.py times a step both ways)
@@ -77,18 +84,35 @@ OWN_BACKWARD = True
 # PyTorch's channels-last kernel works in vectors of 16 floats on an AVX-512 CPU, and channel
 # counts that are not a multiple of 16 leave it a masked remainder in every row; there the own
 # backward was measured faster. With AVX2 (8 floats a vector) the 8-channel layers fill whole
-# vectors and the native backward was measured faster (benchmarks/batch_norm.py: 0.87x for the
-# own one); other CPUs were not measured and keep the native one.
+# vectors and that backward was measured slower (benchmarks/batch_norm.py: 0.87x), but
+# PyTorch's kernels are slow on so few channels all the same (forward 1.8 ms, backward 5.2 for
+# (512, 8, 14, 14) on a 2-core AMD EPYC, against 1.3 and 2.1 for twice the floats in 16
+# channels): there the layer runs them on a wide view (_WideBatchNorm: 0.8 and 1.2 ms).
 WIDE_VECTORS = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
+# the row width of _WideBatchNorm's view: 8 pixels of 8 channels
+WIDE_ROW = 64
 
-def _slow_native_backward(x: torch.Tensor) -> bool:
-    """Where PyTorch's CPU batch-norm backward takes its slow channels-last path (fp32)."""
-    return (OWN_BACKWARD and WIDE_VECTORS and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4
-            and x.shape[1] % 16 != 0 and not x.is_contiguous()
+
+def _own_batch_norm(x: torch.Tensor) -> type | None:
+    """The autograd function that computes a CPU training batch norm of x faster than PyTorch's
+    (fp32, channels-last, eager), or None where PyTorch's is the faster one."""
+    if not (OWN_BACKWARD and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.compiler.is_compiling())  # inductor lowers batch norm itself
+            and not torch.compiler.is_compiling()):  # inductor lowers batch norm itself
+        return None
+    channels = x.shape[1]
+    if WIDE_VECTORS:
+        return _ChannelsLastBatchNorm if channels % 16 else None
+    return _WideBatchNorm if channels < 16 and WIDE_ROW % channels == 0 \
+        and x.numel() % WIDE_ROW == 0 else None
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A (N, C, H, W) tensor's channels-last memory as rows of `width` floats: a view where t
+    is channels-last (else of a channels-last copy)."""
+    return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, width)
 
 
 class _ChannelsLastBatchNorm(torch.autograd.Function):
@@ -108,8 +132,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         N, C, H, W = x.shape
         M = N * H * W
-        x2 = x.permute(0, 2, 3, 1).reshape(M, C)  # a view: x is channels-last
-        g2 = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(M, C)
+        x2, g2 = _rows(x, C), _rows(grad, C)  # (M, C)
         centred = x2 - mean  # (M, C)
         sum_g = g2.sum(0)  # (C,) = grad of bias
         # (C,) = grad of weight: the diagonal of a (C, C) product, no (M, C) temporary
@@ -119,9 +142,70 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         grad_x = torch.addcmul((-scale * sum_g / M).expand(M, C), g2, scale)
         grad_x.addcmul_(centred, -scale * sum_g_xhat * invstd / M)
         grad_x = grad_x.view(N, H, W, C).permute(0, 3, 1, 2)  # channels-last again
-        grad_w = sum_g_xhat if weight is not None and ctx.needs_input_grad[1] else None
-        grad_b = sum_g if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None, None, None
+
+
+def _affine_grads(ctx, weight, sum_g_xhat, sum_g) -> tuple:
+    """(dL/dweight, dL/dbias) where asked for."""
+    grad_w = sum_g_xhat if weight is not None and ctx.needs_input_grad[1] else None
+    return grad_w, sum_g if ctx.needs_input_grad[2] else None
+
+
+class _WideBatchNorm(torch.autograd.Function):
+    """Training batch norm of a channels-last (N, C, H, W) tensor with few channels (C divides
+    WIDE_ROW), by PyTorch's own kernels on its (N*H*W*C / WIDE_ROW, WIDE_ROW) view, where
+    column j holds channel j mod C: per-column statistics merged per channel (equal counts:
+    the mean of the means, and the mean of the variances plus the variance of the means), then
+    the normalisation with the merged statistics repeated along a row; the backward likewise
+    (per-column sums, merged, and one affine map of grad and x per channel)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        N, C, H, W = x.shape
+        M = N * H * W
+        repeat = WIDE_ROW // C
+        rows = _rows(x, WIDE_ROW)
+        col_mean, col_var = torch.batch_norm_update_stats(rows, None, None, 0.0)
+        col_mean, col_var = col_mean.view(repeat, C), col_var.view(repeat, C)
+        mean = col_mean.mean(0)
+        var = col_var.mean(0) + (col_mean - mean).square().mean(0)  # biased, as PyTorch's
+        invstd = torch.rsqrt(var + eps)
+        y = torch.empty_like(x)  # channels-last, as x; written through its row view (a
+        # Function's output may not be a view of another tensor: in-place ReLU follows)
+        torch.ops.aten.native_batch_norm.out(
+            rows, None if weight is None else weight.repeat(repeat),
+            None if bias is None else bias.repeat(repeat), mean.repeat(repeat),
+            var.repeat(repeat), False, 0.0, eps, out=_rows(y, WIDE_ROW),
+            save_mean=mean.new_empty(0), save_invstd=mean.new_empty(0))
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.lerp_(mean, momentum)
+                running_var.lerp_(var * (M / max(M - 1, 1)), momentum)  # unbiased, as PyTorch
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        N, C, H, W = x.shape
+        M = N * H * W
+        repeat = WIDE_ROW // C
+        rows, grad_rows = _rows(x, WIDE_ROW), _rows(grad, WIDE_ROW)
+        # per-column sum(grad * xhat) and sum(grad), merged per channel
+        _, col_g_xhat, col_g = torch.ops.aten.native_batch_norm_backward(
+            grad_rows, rows, None, None, None, mean.repeat(repeat), invstd.repeat(repeat), True,
+            0.0, [False, True, True])
+        sum_g_xhat, sum_g = col_g_xhat.view(repeat, C).sum(0), col_g.view(repeat, C).sum(0)
+        scale = invstd if weight is None else weight * invstd
+        # dL/dx = scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = centred * invstd (centred
+        # first: scale * g + slope * x + shift would lose digits where the mean is large)
+        centred = rows - mean.repeat(repeat)
+        grad_x = torch.addcmul((-scale * sum_g / M).repeat(repeat).expand_as(grad_rows),
+                               grad_rows, scale.repeat(repeat))
+        grad_x.addcmul_(centred, (-scale * invstd * sum_g_xhat / M).repeat(repeat))
+        grad_x = grad_x.view(N, H, W, C).permute(0, 3, 1, 2)
+        return grad_x, *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None, None, None
 
 
 def layer_norm(num_features: int, dims: int) -> nn.Module:

@@ -46,15 +46,18 @@ def test_train_step_times_both_loops_and_counts_flops():
     assert 0.02 < r["gflop_per_view"] < 0.04
 
 
-def test_batch_norm_times_each_shape_of_the_preset_both_ways():
+@pytest.mark.parametrize("own", ["rows", "wide"])
+def test_batch_norm_times_each_shape_of_the_preset_both_ways(own):
     out = run("batch_norm.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
-              "--rounds", "2", "--steps", "1", "--step-steps", "1", "--threads", "1", "--json")
+              "--rounds", "2", "--steps", "1", "--step-steps", "1", "--threads", "1", "--json",
+              "--own", own)
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["own"] == own
     # ResNet-50: the stem's, 3 in each of 16 bottlenecks, 4 downsampling ones
     assert sum(row["layers"] for row in r["rows"]) == 53
     assert all(row["shape"][0] == 8 for row in r["rows"])  # 2 views of 4 images
-    # fastclr's own backward exactly where the channels are not a multiple of 16 (width 1/8:
-    # the stem's and the first stage's 8)
+    # fastclr's own way exactly where the channels are not a multiple of 16 (rows) or fewer
+    # than 16 (wide): at width 1/8 the stem's and the first stage's 8 either way
     assert {row["shape"][1] for row in r["rows"] if row["own_backward"]} == {8}
     assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
     assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps

@@ -110,19 +110,28 @@ def test_group_count_keeps_four_channels_per_group_and_wu_and_he_32_where_wide()
 
 @pytest.fixture
 def wide_vectors(monkeypatch):
-    """The own backward is taken on AVX-512 CPUs only; these tests check it on any CPU."""
+    """The own backward over (N*H*W, C) rows is taken on AVX-512 CPUs only, the wide view
+    elsewhere; the tests that use this check the first on any CPU."""
     from fastclr import norms
     monkeypatch.setattr(norms, "WIDE_VECTORS", True)
 
 
-@pytest.mark.usefixtures("wide_vectors")
-@pytest.mark.parametrize("channels, affine, momentum", [(8, True, 0.1), (24, True, None),
-                                                         (12, False, 0.1)])
-def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, momentum):
-    """fastclr's BatchNorm2d takes its own backward for channels-last features whose channel
-    count is not a multiple of 16 (PyTorch's slow CPU path there): output, every gradient and
-    the running statistics agree with nn.BatchNorm2d over 3 training steps, then in eval."""
+ROWS, WIDE = "_ChannelsLastBatchNormBackward", "_WideBatchNormBackward"
+
+
+@pytest.mark.parametrize("avx512, channels, affine, momentum, own", [
+    (True, 8, True, 0.1, ROWS), (True, 24, True, None, ROWS), (True, 12, False, 0.1, ROWS),
+    (False, 8, True, 0.1, WIDE), (False, 4, True, None, WIDE), (False, 2, False, 0.1, WIDE)])
+def test_own_channels_last_batch_norm_matches_native_batch_norm(monkeypatch, avx512, channels,
+                                                                affine, momentum, own):
+    """fastclr's BatchNorm2d computes channels-last training batch norm its own way where
+    PyTorch's CPU kernels are slow (AVX-512: channel counts not a multiple of 16; elsewhere:
+    fewer than 16 channels, on a wide view): output, every gradient and the running statistics
+    agree with nn.BatchNorm2d over 3 training steps, an in-place ReLU after it as in a ResNet,
+    then in eval."""
+    from fastclr import norms
     from fastclr.norms import BatchNorm2d
+    monkeypatch.setattr(norms, "WIDE_VECTORS", avx512)
     torch.manual_seed(0)
     ours = BatchNorm2d(channels, affine=affine, momentum=momentum)
     ref = torch.nn.BatchNorm2d(channels, affine=affine, momentum=momentum)
@@ -131,17 +140,29 @@ def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, 
             ref.weight.uniform_(0.5, 1.5)
             ref.bias.uniform_(-1, 1)
     ours.load_state_dict(ref.state_dict())
+    exact = torch.nn.BatchNorm2d(channels, affine=affine, momentum=momentum).double()
+    exact.load_state_dict(ref.state_dict())
     for step in range(3):
         # a mean far from 0 (4 standard deviations): the backward centres before it sums
         x = (torch.randn(32, channels, 7, 7) * 2 + 8).contiguous(memory_format=torch.channels_last)
         xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        xe = x.double().requires_grad_()
         yo, yr = ours(xo), ref(xr)
-        assert type(yo.grad_fn).__name__ == "_ChannelsLastBatchNormBackward"
+        assert type(yo.grad_fn).__name__ == own
+        torch.testing.assert_close(yo, yr)
+        assert yo.is_contiguous(memory_format=torch.channels_last)
+        keep = yr.detach() > 0  # the ReLU's mask (float64 might cut elsewhere near 0)
+        yo, yr, ye = torch.relu_(yo), torch.relu_(yr), exact(xe) * keep
         grad = torch.randn_like(yr) + yr  # correlated with the output, as a loss's would be
         yo.backward(grad)
         yr.backward(grad)
-        torch.testing.assert_close(yo, yr)
-        torch.testing.assert_close(xo.grad, xr.grad)
+        ye.backward(grad.double())
+        # sums in another order than PyTorch's, so both compared with float64: fastclr's
+        # gradient off by no more than twice PyTorch's error or 2e-6 of the largest entry
+        # (measured: both up to 4e-6 for the rows, the wide view's under 1e-6)
+        ours_off, native_off = ((g.double() - xe.grad).abs().max() for g in (xo.grad, xr.grad))
+        assert ours_off <= 2 * max(native_off, 1e-6 * xe.grad.abs().max()), (ours_off,
+                                                                              native_off)
         assert xo.grad.is_contiguous(memory_format=torch.channels_last)
         if affine:
             # sums of 1,568 products in another order: fp32 rounding, relative 1e-5
@@ -149,6 +170,7 @@ def test_own_channels_last_backward_matches_native_batch_norm(channels, affine, 
             torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
             ours.zero_grad()
             ref.zero_grad()
+            exact.zero_grad()
         for k, v in ref.state_dict().items():
             torch.testing.assert_close(ours.state_dict()[k], v, msg=k)
     ours.eval()
@@ -180,3 +202,26 @@ def test_native_batch_norm_where_its_backward_is_fast(monkeypatch, wide_vectors)
     monkeypatch.setattr(norms, "WIDE_VECTORS", True)
     monkeypatch.setattr(norms, "OWN_BACKWARD", False)
     assert type(BatchNorm2d(8)(x).grad_fn).__name__ != "_ChannelsLastBatchNormBackward"
+
+
+def test_wide_view_only_for_few_channels_that_fill_its_rows(monkeypatch):
+    """Without AVX-512 the wide view is taken for fewer than 16 channels whose count divides
+    its row and whose features fill whole rows; 12 or 16 channels, features that leave a
+    partial row, the (N, C, H, W) layout, eval mode and OWN_BACKWARD off keep PyTorch's."""
+    from fastclr import norms
+    from fastclr.norms import BatchNorm2d
+    monkeypatch.setattr(norms, "WIDE_VECTORS", False)
+    cl = torch.channels_last
+
+    def name(channels, shape, fmt=cl, train=True):
+        bn = BatchNorm2d(channels).train(train)
+        x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+        return type(bn(x).grad_fn).__name__
+
+    assert name(8, (8, 8, 5, 5)) == WIDE
+    assert name(4, (16, 4, 3, 3)) == WIDE
+    others = [name(12, (8, 12, 4, 4)), name(16, (8, 16, 5, 5)), name(8, (3, 8, 5, 5)),
+              name(8, (8, 8, 5, 5), torch.contiguous_format), name(8, (8, 8, 5, 5), cl, False)]
+    assert WIDE not in others and ROWS not in others, others
+    monkeypatch.setattr(norms, "OWN_BACKWARD", False)
+    assert name(8, (8, 8, 5, 5)) not in (WIDE, ROWS)
