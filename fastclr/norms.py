@@ -115,6 +115,12 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, width)
 
 
+def _unrows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """_rows undone: rows of channels-last memory as a (N, C, H, W) view shaped as `like`."""
+    n, c, h, w = like.shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 class _ChannelsLastBatchNorm(torch.autograd.Function):
     """Training batch norm of a channels-last (N, C, H, W) tensor: the native forward, and a
     backward over its (N*H*W, C) view (column sums, a matrix product, two fused passes)."""
@@ -130,9 +136,9 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight, mean, invstd = ctx.saved_tensors
-        N, C, H, W = x.shape
-        M = N * H * W
-        x2, g2 = _rows(x, C), _rows(grad, C)  # (M, C)
+        C = x.shape[1]
+        x2, g2 = _rows(x, C), _rows(grad, C)  # (M, C), M = N*H*W
+        M = x2.shape[0]
         centred = x2 - mean  # (M, C)
         sum_g = g2.sum(0)  # (C,) = grad of bias
         # (C,) = grad of weight: the diagonal of a (C, C) product, no (M, C) temporary
@@ -141,8 +147,8 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         # dL/dx = scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = centred * invstd
         grad_x = torch.addcmul((-scale * sum_g / M).expand(M, C), g2, scale)
         grad_x.addcmul_(centred, -scale * sum_g_xhat * invstd / M)
-        grad_x = grad_x.view(N, H, W, C).permute(0, 3, 1, 2)  # channels-last again
-        return grad_x, *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None, None, None
+        return (_unrows(grad_x, x), *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None,
+                None, None)
 
 
 def _affine_grads(ctx, weight, sum_g_xhat, sum_g) -> tuple:
@@ -161,8 +167,8 @@ class _WideBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        N, C, H, W = x.shape
-        M = N * H * W
+        C = x.shape[1]
+        M = x.numel() // C  # values per channel
         repeat = WIDE_ROW // C
         rows = _rows(x, WIDE_ROW)
         col_mean, col_var = torch.batch_norm_update_stats(rows, None, None, 0.0)
@@ -188,8 +194,8 @@ class _WideBatchNorm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight, mean, invstd = ctx.saved_tensors
-        N, C, H, W = x.shape
-        M = N * H * W
+        C = x.shape[1]
+        M = x.numel() // C
         repeat = WIDE_ROW // C
         rows, grad_rows = _rows(x, WIDE_ROW), _rows(grad, WIDE_ROW)
         # per-column sum(grad * xhat) and sum(grad), merged per channel
@@ -208,8 +214,8 @@ class _WideBatchNorm(torch.autograd.Function):
         grad_x = torch.addcmul(shift.repeat(repeat).expand_as(grad_rows), grad_rows,
                                scale.repeat(repeat))
         grad_x.addcmul_(rows, slope.repeat(repeat))
-        grad_x = grad_x.view(N, H, W, C).permute(0, 3, 1, 2)
-        return grad_x, *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None, None, None
+        return (_unrows(grad_x, x), *_affine_grads(ctx, weight, sum_g_xhat, sum_g), None, None,
+                None, None)
 
 
 def layer_norm(num_features: int, dims: int) -> nn.Module:
