@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from fastclr import augment, distributed  # noqa: E402
+from fastclr import augment, distributed, models  # noqa: E402
 from fastclr.config import load_config  # noqa: E402
 from fastclr.data import Pretrain, load_pretrain  # noqa: E402
 from fastclr.errors import FastclrError  # noqa: E402
@@ -102,11 +102,18 @@ def count_flops(run, images: torch.Tensor) -> float:
     n = len(images)
     amp = torch.autocast(images.device.type, dtype=torch.bfloat16) if run.autocast \
         else contextlib.nullcontext()
-    with FlopCounterMode(display=False) as counter:
-        with amp:
-            _, z = run.model(x)
-            loss = nt_xent(z[:n], z[n:], run.cfg.temperature)
-        loss.backward()
+    # counted on PyTorch's own convolutions: the tiny-map products (models.tiny_map_conv) skip
+    # the padding's zeros a convolution's count includes, and the count should not depend on
+    # the CPU
+    own, models.OWN_CONV_BACKWARD = models.OWN_CONV_BACKWARD, False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with amp:
+                _, z = run.model(x)
+                loss = nt_xent(z[:n], z[n:], run.cfg.temperature)
+            loss.backward()
+    finally:
+        models.OWN_CONV_BACKWARD = own
     run.model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(x)
 

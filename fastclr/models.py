@@ -9,12 +9,15 @@ max-pool, as the paper does for CIFAR-10, appendix B.9) and a width multiplier f
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from fastclr import norms
 from fastclr.norms import norm_factory, standardize_convolutions
 from fastclr.registry import BACKBONES, HEADS, NORMS
 from fastclr.spec import EncoderSpec, HeadSpec, ModelSpec
@@ -40,8 +43,8 @@ NATIVE_BF16_CPU = _native_bf16_cpu()
 
 
 class SmallMapConv2d(nn.Conv2d):
-    """An nn.Conv2d whose bf16 training backward on CPU, on small feature maps, is matrix
-    products.
+    """An nn.Conv2d whose training step on CPU, on small feature maps, is matrix products:
+    in bf16 its backward, in fp32 on tiny maps the whole of it.
 
     oneDNN's bf16 backward of a convolution on CPU is slow on small feature maps, most of all
     its weight gradient. On 2 cores (benchmarks/conv_backward.py): a 1x1 convolution
@@ -53,16 +56,30 @@ class SmallMapConv2d(nn.Conv2d):
     and fewer channels oneDNN wins. There, bf16 training steps on CPU keep the native forward
     and take the matrix products backward (for a 1x1 convolution the input gradient too; for a
     larger kernel oneDNN's input gradient, which is fast): the same sums in another order.
-    fp32, GPUs, CPUs without native bf16 (NATIVE_BF16_CPU) and everything else are nn.Conv2d's
-    own.
+    GPUs, bf16 on CPUs without native bf16 (NATIVE_BF16_CPU) and everything not named here are
+    nn.Conv2d's own.
+
+    In fp32 on CPUs without AVX-512 (an AMD EPYC with AVX2 measured), oneDNN is slow on the
+    smallest maps of the CPU preset: a 3x3 convolution (512, 64, 2, 2) -> 64 takes 7.4 ms
+    forward + backward (its weight gradient falls back to oneDNN's im2col + GEMM), as one
+    dense matrix product each way 2.6 ms; a 1x1 (512, 256, 2, 2) -> 64 3.7 ms, as products over
+    the (N*H*W, C) rows 2.1. There fp32 training calls of 1x1 convolutions with outputs of 16
+    pixels or fewer, and of stride-1 larger ones with 4 or fewer, are matrix products
+    (tiny_map_conv, differentiated by autograd).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips the body (as in norms.BatchNorm2d)
-            if _plain_square(self) and \
-                    _own_backward_pays(x, self.weight, self.stride[0], self.padding[0]):
-                return self._own_backward(x)
+            if _plain_square(self):
+                if _own_backward_pays(x, self.weight, self.stride[0], self.padding[0]):
+                    return self._own_backward(x)
+                if _products_pay(x, self.weight, self.stride[0], self.padding[0]):
+                    return self._as_products(x)
         return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _as_products(self, x: torch.Tensor) -> torch.Tensor:
+        return tiny_map_conv(x, self.weight, self.stride[0], self.padding[0])
 
     @torch.jit.unused
     def _own_backward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +112,73 @@ def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, paddi
     # both in the (N, H, W, C) order the matrix products read and write
     return pays and x.is_contiguous(memory_format=torch.channels_last) and \
         weight.permute(0, 2, 3, 1).is_contiguous()
+
+
+# fp32 training on CPUs without AVX-512: convolutions whose output has at most this many
+# pixels are matrix products (tiny_map_conv): a 1x1 one as a product over its pixels' rows, a
+# larger kernel as a dense product over whole images
+ROWS_MAX_PIXELS = 16
+DENSE_MAX_PIXELS = 4
+
+
+def _products_pay(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
+    """Whether this is an fp32 training call on a CPU without AVX-512 where tiny_map_conv beats
+    oneDNN (measured on 2 cores of an AMD EPYC with AVX2, benchmarks/conv_backward.py
+    --precision fp32): a 1x1 convolution with an output of ROWS_MAX_PIXELS or fewer (on 7x7
+    maps the products were slower), a stride-1 larger one with DENSE_MAX_PIXELS or fewer (a
+    3x3 one on 4x4 maps took twice as long as a product, a strided one 4x4 -> 2x2 longer too:
+    most of their dense weights are zeros). Under torch.compile inductor lowers the
+    convolution itself."""
+    if not (OWN_CONV_BACKWARD and not norms.WIDE_VECTORS and x.device.type == "cpu"
+            and x.dim() == 4 and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        return False
+    size = weight.shape[2]
+    pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
+        ((x.shape[3] + 2 * padding - size) // stride + 1)
+    most = ROWS_MAX_PIXELS if size == 1 else DENSE_MAX_PIXELS if stride == 1 else 0
+    return 0 < pixels <= most and x.is_contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_of_pixel_pair(height: int, width: int, size: int, stride: int, padding: int
+                       ) -> torch.Tensor:
+    """(H*W, Ho*Wo) int64: which of the size*size taps links input pixel (a, b) to output
+    pixel (i, j) of a convolution, or size*size where none does (the padding's zeros)."""
+    ho = (height + 2 * padding - size) // stride + 1
+    wo = (width + 2 * padding - size) // stride + 1
+    ky = torch.arange(height).view(-1, 1, 1, 1) - stride * torch.arange(ho).view(1, 1, -1, 1) \
+        + padding
+    kx = torch.arange(width).view(1, -1, 1, 1) - stride * torch.arange(wo).view(1, 1, 1, -1) \
+        + padding
+    inside = (ky >= 0) & (ky < size) & (kx >= 0) & (kx < size)
+    return torch.where(inside, ky * size + kx, size * size).reshape(height * width, ho * wo)
+
+
+def tiny_map_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
+                  ) -> torch.Tensor:
+    """conv2d(x, weight, stride=stride, padding=padding) of a channels-last x (N, Ci, H, W) as
+    one matrix product, differentiated by autograd (its backward: two more products): for a
+    1x1 convolution over the (N*Ho*Wo, Ci) rows of the pixels it reads; otherwise over whole
+    images, (N, H*W*Ci) against a dense (H*W*Ci, Ho*Wo*Co) weight whose block for each pair of
+    input and output pixels is the tap that links them (zero where none does), which is small
+    only for tiny maps. The output is channels-last, as the native one; the same sums in
+    another order."""
+    n, ci, h, w = x.shape
+    co, _, size, _ = weight.shape
+    if size == 1:
+        seen = x[:, :, ::stride, ::stride] if stride > 1 else x
+        ho, wo = seen.shape[2], seen.shape[3]
+        y = seen.permute(0, 2, 3, 1).reshape(-1, ci) @ weight.reshape(co, ci).t()
+    else:
+        tap = _tap_of_pixel_pair(h, w, size, stride, padding)
+        ho, wo = (h + 2 * padding - size) // stride + 1, (w + 2 * padding - size) // stride + 1
+        taps = torch.cat([weight.permute(2, 3, 1, 0).reshape(size * size, ci, co),
+                          weight.new_zeros(1, ci, co)])
+        dense = taps[tap].permute(0, 2, 1, 3).reshape(h * w * ci, ho * wo * co)
+        y = x.permute(0, 2, 3, 1).reshape(n, h * w * ci) @ dense
+    return y.view(n, ho, wo, co).permute(0, 3, 1, 2)
 
 
 @torch.library.custom_op("fastclr::small_map_conv_backward", mutates_args=())

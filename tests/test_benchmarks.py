@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fixtures import SAMPLE
 
@@ -90,6 +91,26 @@ def test_conv_backward_times_each_convolution_both_ways():
     assert sum(row["layers"] for row in own_3x3) == 3
     assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
     assert r["step_native_ms"] > 0 and r["step_fastclr_ms"] > 0  # two whole training steps
+
+
+def test_conv_backward_times_the_fp32_products_on_small_maps():
+    out = run("conv_backward.py", "--config", "fashion-mnist-cpu", "--batch-size", "4",
+              "--precision", "fp32", "--rounds", "2", "--steps", "1", "--step-steps", "0",
+              "--threads", "1", "--json")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["precision"] == "fp32" and r["compile"] is False
+    assert r["cpu_takes_it"] == (not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    # timed as a CPU without AVX-512 runs them: 1x1 ones with outputs of 16 pixels or fewer,
+    # stride-1 3x3 ones with 4 or fewer (layer 4's two 2x2 ones)
+    for row in r["rows"]:
+        side, stride = row["shape"][2], row["stride"]
+        out_pixels = ((side - 1) // stride + 1) ** 2
+        pays = out_pixels <= 16 if row["kernel"] == 1 else stride == 1 and out_pixels <= 4
+        assert row["own_backward"] == pays, row
+    assert sum(row["layers"] for row in r["rows"]
+               if row["kernel"] == 3 and row["own_backward"]) == 2
+    assert all(row["native_ms"] > 0 and row["fastclr_ms"] > 0 for row in r["rows"])
+    assert "step_native_ms" not in r
 
 
 def test_time_to_accuracy_snapshots_both_loops_at_each_mark(tmp_path):

@@ -164,8 +164,8 @@ def test_small_map_conv_is_native_elsewhere(monkeypatch):
     """fp32, 14x14 maps, 49-pixel maps that widen, 16-pixel ones that widen from fewer than 64
     channels, 3x3 layers with fewer than 64 channels in or on maps over 16 pixels, the (N, C, H,
     W) layout, a weight laid out otherwise, a bias, groups, dilation or non-square geometry, no
-    grad and OWN_CONV_BACKWARD off all keep PyTorch's convolution (fp32 training on CPU: the
-    same ops as nn.Conv2d, hence the same numbers)."""
+    grad and OWN_CONV_BACKWARD off all keep PyTorch's backward, not the bf16 one of matrix
+    products (fp32 on small maps: test_tiny_map_conv_is_native_elsewhere)."""
     from fastclr import models
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     fp32 = torch.autocast("cpu", enabled=False)
@@ -256,6 +256,90 @@ def test_small_map_conv_compiled_calls_its_own_backward(kernel):
         grads.append((xi.grad, ours.weight.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-3)
+
+
+# ---- fp32 on tiny maps: the whole convolution as matrix products --------------------------
+
+
+@pytest.fixture
+def without_avx512(monkeypatch):
+    """The tiny-map products are taken on CPUs without AVX-512; these tests run them on any."""
+    from fastclr import norms
+    monkeypatch.setattr(norms, "WIDE_VECTORS", False)
+
+
+@pytest.mark.parametrize("cin,cout,size,stride,kernel", [
+    (64, 32, (2, 2), 1, 1),  # 1x1 on the last stage's 2x2 maps
+    (32, 16, (4, 4), 1, 1),  # 1x1 on 16 pixels
+    (16, 32, (7, 7), 2, 1),  # the stride-2 shortcut, 7x7 -> 4x4
+    (32, 64, (4, 4), 2, 1),  # the stride-2 shortcut, 4x4 -> 2x2: the unread pixels get 0
+    (16, 8, (3, 3), 2, 1),  # odd side, 3x3 -> 2x2: rows and columns 0 and 2 read
+    (64, 64, (2, 2), 1, 3),  # 3x3 on 2x2: each output pixel reads all four, through 4 taps
+    (8, 16, (1, 1), 1, 3),  # 3x3 on one pixel: the centre tap alone
+    (16, 8, (2, 1), 1, 3),  # a map that is not square
+])
+def test_tiny_map_conv_fp32_is_the_native_one(without_avx512, cin, cout, size, stride, kernel):
+    """In fp32 training on small outputs (1x1: 16 pixels or fewer, 3x3: 4 or fewer) the layer
+    is matrix products; its
+    output and gradients are within twice the native ones' distance of float64's (or 1e-6 of
+    the largest entry), in the native layouts (channels-last: the next layer's backward reads
+    them so)."""
+    torch.manual_seed(0)
+    ours, ref = _conv_pair(cin, cout, stride, kernel)
+    x = torch.randn(16, cin, *size).contiguous(memory_format=CL)
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yo, yr = ours(xo), ref(xr)
+    assert type(yr.grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(yo.grad_fn).__name__ != "ConvolutionBackward0"
+    assert yo.shape == yr.shape and yo.stride() == yr.stride()
+    grad = torch.randn_like(yr)
+    yo.backward(grad)
+    yr.backward(grad)
+    xe = x.double().requires_grad_()
+    we = ref.weight.detach().double().requires_grad_()
+    ye = torch.nn.functional.conv2d(xe, we, stride=stride, padding=(kernel - 1) // 2)
+    ye.backward(grad.double())
+    for a, b, exact in ((yo, yr, ye), (xo.grad, xr.grad, xe.grad),
+                        (ours.weight.grad, ref.weight.grad, we.grad)):
+        scale = exact.abs().max().item()
+        ours_off = (a.detach().double() - exact).abs().max().item()
+        native_off = (b.detach().double() - exact).abs().max().item()
+        assert ours_off <= max(2 * native_off, 1e-6 * scale), (ours_off / scale, native_off)
+        # the same layout (a stride along a dimension of size 1 says nothing)
+        assert [st for st, n in zip(a.stride(), a.shape) if n > 1] == \
+            [st for st, n in zip(b.stride(), b.shape) if n > 1]
+    if stride > 1:  # pixels the convolution never reads get no gradient
+        assert torch.equal(xo.grad[:, :, 1::2], torch.zeros_like(xo.grad[:, :, 1::2]))
+
+
+def test_tiny_map_conv_is_native_elsewhere(without_avx512, monkeypatch):
+    """1x1 outputs over 16 pixels, 3x3 ones over 4, a strided 3x3 convolution (4x4 -> 2x2: its
+    dense weight mostly zeros), bf16 autocast, no grad, the (N, C, H, W) layout,
+    OWN_CONV_BACKWARD off and a CPU with AVX-512 all keep PyTorch's convolution."""
+    from fastclr import models, norms
+
+    def native(cin, cout, side, stride, kernel, fmt=CL, amp=False):
+        ours, _ = _conv_pair(cin, cout, stride, kernel)
+        x = torch.randn(4, cin, side, side).contiguous(memory_format=fmt).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = ours(x)
+        return type(y.grad_fn).__name__ == "ConvolutionBackward0"
+
+    monkeypatch.setattr(models, "NATIVE_BF16_CPU", False)  # bf16: the native convolution
+    assert not native(64, 16, 2, 1, 1) and not native(64, 64, 2, 1, 3)
+    assert not native(64, 16, 4, 1, 1) and native(64, 16, 5, 1, 1)  # 1x1: 16 and 25 pixels
+    assert native(16, 16, 3, 1, 3)  # 3x3: 9 pixels
+    assert native(64, 64, 4, 2, 3)
+    assert native(64, 16, 2, 1, 1, amp=True)
+    assert native(64, 16, 2, 1, 1, fmt=torch.contiguous_format)
+    ours, _ = _conv_pair(64, 16, 1)
+    with torch.no_grad():
+        assert ours(torch.randn(4, 64, 2, 2).contiguous(memory_format=CL)).grad_fn is None
+    monkeypatch.setattr(models, "OWN_CONV_BACKWARD", False)
+    assert native(64, 16, 2, 1, 1)
+    monkeypatch.setattr(models, "OWN_CONV_BACKWARD", True)
+    monkeypatch.setattr(norms, "WIDE_VECTORS", True)
+    assert native(64, 16, 2, 1, 1) and native(64, 64, 2, 1, 3)
 
 
 @pytest.mark.parametrize("stride,kernel", [(1, 1), (2, 1), (1, 3), (2, 3)])
