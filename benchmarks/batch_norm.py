@@ -100,24 +100,29 @@ def time_pair(shape: tuple, rounds: int, steps: int) -> tuple[float, float, bool
 
 def time_steps(cfg, rounds: int, steps: int, use_own=None) -> tuple[float, float]:
     """Seconds per training step with PyTorch's kernel and with fastclr's, alternated;
-    `use_own(flag)` switches fastclr's on or off (default: norms.OWN_BACKWARD)."""
+    `use_own(flag)` switches fastclr's on or off (default: norms.OWN_BACKWARD). Eager steps
+    take turns in one run (the layers read the switch at every call: the same weights, memory
+    and data for both); compiled ones in two copies of the run, as the switch is read once, at
+    compilation."""
     if use_own is None:
         def use_own(flag: bool) -> None:
             norms.OWN_BACKWARD = flag
     _set_backends(cfg)
     ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
     images = images_for(cfg, True, None)
+    shared = None if cfg.compile else build_run(cfg, ctx, images)
+    batches, step = endless(shared.batches) if shared else None, itertools.count()
 
     def steps_with(own: bool):
         use_own(own)
         torch.manual_seed(0)
-        run = build_run(cfg, ctx, images)
-        batches, step = endless(run.batches), itertools.count()
+        run = shared or build_run(cfg, ctx, images)
+        data = batches or endless(run.batches)
 
         def work(n: int) -> None:
             use_own(own)
             for _ in range(n):
-                run.train_step(next(batches), next(step))
+                run.train_step(next(data), next(step))
         work(2)  # warm-up (compilation included)
         return work
 

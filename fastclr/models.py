@@ -63,9 +63,9 @@ class SmallMapConv2d(nn.Conv2d):
     smallest maps of the CPU preset: a 3x3 convolution (512, 64, 2, 2) -> 64 takes 7.4 ms
     forward + backward (its weight gradient falls back to oneDNN's im2col + GEMM), as one
     dense matrix product each way 2.6 ms; a 1x1 (512, 256, 2, 2) -> 64 3.7 ms, as products over
-    the (N*H*W, C) rows 2.1. There fp32 training calls of 1x1 convolutions with outputs of 16
-    pixels or fewer, and of stride-1 larger ones with 4 or fewer, are matrix products
-    (tiny_map_conv, differentiated by autograd).
+    the (N*H*W, C) rows 2.1. There fp32 training calls with outputs of 4 pixels or fewer (of a
+    1x1 convolution or a stride-1 larger one) or of 16 or fewer (a strided 1x1 one) are matrix
+    products (tiny_map_conv, differentiated by autograd).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,19 +115,20 @@ def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, paddi
 
 
 # fp32 training on CPUs without AVX-512: convolutions whose output has at most this many
-# pixels are matrix products (tiny_map_conv): a 1x1 one as a product over its pixels' rows, a
-# larger kernel as a dense product over whole images
-ROWS_MAX_PIXELS = 16
-DENSE_MAX_PIXELS = 4
+# pixels are matrix products (tiny_map_conv), a 1x1 one over its pixels' rows (strided: 16),
+# a larger kernel of stride 1 against a dense weight over whole images
+PRODUCT_MAX_PIXELS = 4
+STRIDED_ROWS_MAX_PIXELS = 16
 
 
 def _products_pay(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
     """Whether this is an fp32 training call on a CPU without AVX-512 where tiny_map_conv beats
     oneDNN (measured on 2 cores of an AMD EPYC with AVX2, benchmarks/conv_backward.py
-    --precision fp32): a 1x1 convolution with an output of ROWS_MAX_PIXELS or fewer (on 7x7
-    maps the products were slower), a stride-1 larger one with DENSE_MAX_PIXELS or fewer (a
-    3x3 one on 4x4 maps took twice as long as a product, a strided one 4x4 -> 2x2 longer too:
-    most of their dense weights are zeros). Under torch.compile inductor lowers the
+    --precision fp32, and by A/B of whole training steps): outputs of PRODUCT_MAX_PIXELS or
+    fewer from a 1x1 convolution or a stride-1 larger one, and of STRIDED_ROWS_MAX_PIXELS or
+    fewer from a strided 1x1 one. Slower as products: 1x1 ones of stride 1 on 4x4 maps (in
+    the step), on 7x7 maps, a 3x3 one on 4x4 maps (twice as long), a strided one 4x4 -> 2x2
+    (most of their dense weights are zeros). Under torch.compile inductor lowers the
     convolution itself."""
     if not (OWN_CONV_BACKWARD and not norms.WIDE_VECTORS and x.device.type == "cpu"
             and x.dim() == 4 and x.dtype == torch.float32 and torch.is_grad_enabled()
@@ -137,7 +138,8 @@ def _products_pay(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
     size = weight.shape[2]
     pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
         ((x.shape[3] + 2 * padding - size) // stride + 1)
-    most = ROWS_MAX_PIXELS if size == 1 else DENSE_MAX_PIXELS if stride == 1 else 0
+    most = STRIDED_ROWS_MAX_PIXELS if size == 1 and stride > 1 else \
+        PRODUCT_MAX_PIXELS if size == 1 or stride == 1 else 0
     return 0 < pixels <= most and x.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -270,7 +270,6 @@ def without_avx512(monkeypatch):
 
 @pytest.mark.parametrize("cin,cout,size,stride,kernel", [
     (64, 32, (2, 2), 1, 1),  # 1x1 on the last stage's 2x2 maps
-    (32, 16, (4, 4), 1, 1),  # 1x1 on 16 pixels
     (16, 32, (7, 7), 2, 1),  # the stride-2 shortcut, 7x7 -> 4x4
     (32, 64, (4, 4), 2, 1),  # the stride-2 shortcut, 4x4 -> 2x2: the unread pixels get 0
     (16, 8, (3, 3), 2, 1),  # odd side, 3x3 -> 2x2: rows and columns 0 and 2 read
@@ -279,8 +278,8 @@ def without_avx512(monkeypatch):
     (16, 8, (2, 1), 1, 3),  # a map that is not square
 ])
 def test_tiny_map_conv_fp32_is_the_native_one(without_avx512, cin, cout, size, stride, kernel):
-    """In fp32 training on small outputs (1x1: 16 pixels or fewer, 3x3: 4 or fewer) the layer
-    is matrix products; its
+    """In fp32 training on small outputs (4 pixels or fewer, a strided 1x1 16 or fewer) the
+    layer is matrix products; its
     output and gradients are within twice the native ones' distance of float64's (or 1e-6 of
     the largest entry), in the native layouts (channels-last: the next layer's backward reads
     them so)."""
@@ -313,8 +312,8 @@ def test_tiny_map_conv_fp32_is_the_native_one(without_avx512, cin, cout, size, s
 
 
 def test_tiny_map_conv_is_native_elsewhere(without_avx512, monkeypatch):
-    """1x1 outputs over 16 pixels, 3x3 ones over 4, a strided 3x3 convolution (4x4 -> 2x2: its
-    dense weight mostly zeros), bf16 autocast, no grad, the (N, C, H, W) layout,
+    """Outputs over 4 pixels (a strided 1x1: over 16), a strided 3x3 convolution (4x4 -> 2x2:
+    its dense weight mostly zeros), bf16 autocast, no grad, the (N, C, H, W) layout,
     OWN_CONV_BACKWARD off and a CPU with AVX-512 all keep PyTorch's convolution."""
     from fastclr import models, norms
 
@@ -327,8 +326,8 @@ def test_tiny_map_conv_is_native_elsewhere(without_avx512, monkeypatch):
 
     monkeypatch.setattr(models, "NATIVE_BF16_CPU", False)  # bf16: the native convolution
     assert not native(64, 16, 2, 1, 1) and not native(64, 64, 2, 1, 3)
-    assert not native(64, 16, 4, 1, 1) and native(64, 16, 5, 1, 1)  # 1x1: 16 and 25 pixels
-    assert native(16, 16, 3, 1, 3)  # 3x3: 9 pixels
+    assert native(64, 16, 3, 1, 1) and native(16, 16, 3, 1, 3)  # 9 pixels
+    assert not native(64, 16, 7, 2, 1) and native(64, 16, 9, 2, 1)  # strided: 16, 25 pixels
     assert native(64, 64, 4, 2, 3)
     assert native(64, 16, 2, 1, 1, amp=True)
     assert native(64, 16, 2, 1, 1, fmt=torch.contiguous_format)
