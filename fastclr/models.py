@@ -60,10 +60,10 @@ class SmallMapConv2d(nn.Conv2d):
     nn.Conv2d's own.
 
     In fp32 on CPUs without AVX-512 (an AMD EPYC with AVX2 measured), oneDNN is slow on the
-    smallest maps of the CPU preset: a 3x3 convolution (512, 64, 2, 2) -> 64 takes 7.4 ms
+    smallest maps of the CPU preset: a 3x3 convolution (512, 64, 2, 2) -> 64 takes 5.7-6.3 ms
     forward + backward (its weight gradient falls back to oneDNN's im2col + GEMM), as one
-    dense matrix product each way 2.6 ms; a 1x1 (512, 256, 2, 2) -> 64 3.7 ms, as products over
-    the (N*H*W, C) rows 2.1. There fp32 training calls with outputs of 4 pixels or fewer (of a
+    dense matrix product each way 2.5-2.6 ms; a 1x1 (512, 256, 2, 2) -> 64 4.1-4.2 ms, as
+    products over the (N*H*W, C) rows 1.9-2.2. There fp32 training calls with outputs of 4 pixels or fewer (of a
     1x1 convolution or a stride-1 larger one) or of 16 or fewer (a strided 1x1 one) are matrix
     products (tiny_map_conv, differentiated by autograd).
     """
