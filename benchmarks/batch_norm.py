@@ -111,13 +111,15 @@ def time_steps(cfg, rounds: int, steps: int, use_own=None) -> tuple[float, float
     ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
     images = images_for(cfg, True, None)
     shared = None if cfg.compile else build_run(cfg, ctx, images)
-    batches, step = endless(shared.batches) if shared else None, itertools.count()
+    shared_data, shared_step = (endless(shared.batches), itertools.count()) if shared \
+        else (None, None)
 
     def steps_with(own: bool):
         use_own(own)
         torch.manual_seed(0)
         run = shared or build_run(cfg, ctx, images)
-        data = batches or endless(run.batches)
+        data, step = (shared_data, shared_step) if shared \
+            else (endless(run.batches), itertools.count())
 
         def work(n: int) -> None:
             use_own(own)
