@@ -138,9 +138,16 @@ def _products_pay(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
     size = weight.shape[2]
     pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
         ((x.shape[3] + 2 * padding - size) // stride + 1)
-    most = STRIDED_ROWS_MAX_PIXELS if size == 1 and stride > 1 else \
-        PRODUCT_MAX_PIXELS if size == 1 or stride == 1 else 0
+    rows = _over_rows(size, padding)
+    most = STRIDED_ROWS_MAX_PIXELS if rows and stride > 1 else \
+        PRODUCT_MAX_PIXELS if rows or stride == 1 else 0
     return 0 < pixels <= most and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _over_rows(size: int, padding: int) -> bool:
+    """Whether tiny_map_conv computes this convolution over pixel rows (a 1x1 one without
+    padding) rather than against a dense weight."""
+    return size == 1 and padding == 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,14 +169,15 @@ def tiny_map_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
                   ) -> torch.Tensor:
     """conv2d(x, weight, stride=stride, padding=padding) of a channels-last x (N, Ci, H, W) as
     one matrix product, differentiated by autograd (its backward: two more products): for a
-    1x1 convolution over the (N*Ho*Wo, Ci) rows of the pixels it reads; otherwise over whole
+    1x1 convolution without padding over the (N*Ho*Wo, Ci) rows of the pixels it reads;
+    otherwise over whole
     images, (N, H*W*Ci) against a dense (H*W*Ci, Ho*Wo*Co) weight whose block for each pair of
     input and output pixels is the tap that links them (zero where none does), which is small
     only for tiny maps. The output is channels-last, as the native one; the same sums in
     another order."""
     n, ci, h, w = x.shape
     co, _, size, _ = weight.shape
-    if size == 1:
+    if _over_rows(size, padding):
         seen = x[:, :, ::stride, ::stride] if stride > 1 else x
         ho, wo = seen.shape[2], seen.shape[3]
         y = seen.permute(0, 2, 3, 1).reshape(-1, ci) @ weight.reshape(co, ci).t()

@@ -311,6 +311,21 @@ def test_tiny_map_conv_fp32_is_the_native_one(without_avx512, cin, cout, size, s
         assert torch.equal(xo.grad[:, :, 1::2], torch.zeros_like(xo.grad[:, :, 1::2]))
 
 
+def test_tiny_map_conv_of_a_padded_1x1_counts_its_padding(without_avx512):
+    """A 1x1 convolution with padding (stride 1 on one pixel: a 3x3 output of 9 pixels, native;
+    stride 2 on 2x2: 2x2) gives the native convolution's output, padding included."""
+    from fastclr.models import SmallMapConv2d
+    torch.manual_seed(0)
+    for side, stride in ((1, 1), (2, 2), (1, 2)):
+        layer = SmallMapConv2d(8, 16, 1, stride=stride, padding=1, bias=False)
+        layer = layer.to(memory_format=CL)
+        x = torch.randn(4, 8, side, side).contiguous(memory_format=CL).requires_grad_()
+        y = layer(x)
+        ref = torch.nn.functional.conv2d(x, layer.weight, stride=stride, padding=1)
+        assert y.shape == ref.shape
+        torch.testing.assert_close(y, ref)
+
+
 def test_tiny_map_conv_is_native_elsewhere(without_avx512, monkeypatch):
     """Outputs over 4 pixels (a strided 1x1: over 16), a strided 3x3 convolution (4x4 -> 2x2:
     its dense weight mostly zeros), bf16 autocast, no grad, the (N, C, H, W) layout,
