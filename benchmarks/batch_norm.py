@@ -110,16 +110,16 @@ def time_steps(cfg, rounds: int, steps: int, use_own=None) -> tuple[float, float
     _set_backends(cfg)
     ctx = distributed.Context(0, 0, 1, torch.device("cpu"))
     images = images_for(cfg, True, None)
-    shared = None if cfg.compile else build_run(cfg, ctx, images)
-    shared_data, shared_step = (endless(shared.batches), itertools.count()) if shared \
-        else (None, None)
+    runs = {}  # (run, its batches, its step count) by copy: one copy unless compiled
 
     def steps_with(own: bool):
         use_own(own)
         torch.manual_seed(0)
-        run = shared or build_run(cfg, ctx, images)
-        data, step = (shared_data, shared_step) if shared \
-            else (endless(run.batches), itertools.count())
+        copy = own if cfg.compile else None
+        if copy not in runs:
+            run = build_run(cfg, ctx, images)
+            runs[copy] = run, endless(run.batches), itertools.count()
+        run, data, step = runs[copy]
 
         def work(n: int) -> None:
             use_own(own)

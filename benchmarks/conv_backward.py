@@ -18,9 +18,9 @@ models.NATIVE_BF16_CPU); this script times it on any CPU, as it would run there,
 whether this CPU is one of them.
 
 With --precision fp32 it times the fp32 step instead (eager unless --compile), where fastclr
-computes a convolution whose output has 4 pixels or fewer as matrix products
-(models.tiny_map_conv) on CPUs without AVX-512 (norms.WIDE_VECTORS false); likewise timed on
-any CPU as it would run there.
+computes a convolution whose output has 4 pixels or fewer (a strided 1x1: 16) as matrix
+products (models.tiny_map_conv) on CPUs without AVX-512 (norms.WIDE_VECTORS false); likewise
+timed on any CPU as it would run there.
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ class SmallMapConv2d(nn.Conv2d):
     smallest maps of the CPU preset: a 3x3 convolution (512, 64, 2, 2) -> 64 takes 5.7-6.3 ms
     forward + backward (its weight gradient falls back to oneDNN's im2col + GEMM), as one
     dense matrix product each way 2.5-2.6 ms; a 1x1 (512, 256, 2, 2) -> 64 4.1-4.2 ms, as
-    products over the (N*H*W, C) rows 1.9-2.2. There fp32 training calls with outputs of 4 pixels or fewer (of a
-    1x1 convolution or a stride-1 larger one) or of 16 or fewer (a strided 1x1 one) are matrix
-    products (tiny_map_conv, differentiated by autograd).
+    products over the (N*H*W, C) rows 1.9-2.2. There fp32 training calls with outputs of 4
+    pixels or fewer (of a 1x1 convolution or a stride-1 larger one) or of 16 or fewer (a
+    strided 1x1 one) are matrix products (tiny_map_conv, differentiated by autograd).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,11 @@ class SmallMapConv2d(nn.Conv2d):
                                        self.padding[0])
 
 
+def _out_side(side: int, size: int, stride: int, padding: int) -> int:
+    """The output side of a convolution over `side` pixels (kernel `size`, no dilation)."""
+    return (side + 2 * padding - size) // stride + 1
+
+
 def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
                        ) -> bool:
     """Whether this is a bf16 training call on CPU where the matrix products beat oneDNN's
@@ -103,8 +108,8 @@ def _own_backward_pays(x: torch.Tensor, weight: torch.Tensor, stride: int, paddi
     if dtype != torch.bfloat16:
         return False
     size = weight.shape[2]
-    pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
-        ((x.shape[3] + 2 * padding - size) // stride + 1)
+    pixels = _out_side(x.shape[2], size, stride, padding) * \
+        _out_side(x.shape[3], size, stride, padding)
     pays = pixels <= 16 and weight.shape[1] >= 64
     if size == 1:
         narrows = weight.shape[1] > weight.shape[0]
@@ -136,8 +141,8 @@ def _products_pay(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return False
     size = weight.shape[2]
-    pixels = ((x.shape[2] + 2 * padding - size) // stride + 1) * \
-        ((x.shape[3] + 2 * padding - size) // stride + 1)
+    pixels = _out_side(x.shape[2], size, stride, padding) * \
+        _out_side(x.shape[3], size, stride, padding)
     rows = _over_rows(size, padding)
     most = STRIDED_ROWS_MAX_PIXELS if rows and stride > 1 else \
         PRODUCT_MAX_PIXELS if rows or stride == 1 else 0
@@ -155,8 +160,7 @@ def _tap_of_pixel_pair(height: int, width: int, size: int, stride: int, padding:
                        ) -> torch.Tensor:
     """(H*W, Ho*Wo) int64: which of the size*size taps links input pixel (a, b) to output
     pixel (i, j) of a convolution, or size*size where none does (the padding's zeros)."""
-    ho = (height + 2 * padding - size) // stride + 1
-    wo = (width + 2 * padding - size) // stride + 1
+    ho, wo = _out_side(height, size, stride, padding), _out_side(width, size, stride, padding)
     ky = torch.arange(height).view(-1, 1, 1, 1) - stride * torch.arange(ho).view(1, 1, -1, 1) \
         + padding
     kx = torch.arange(width).view(1, -1, 1, 1) - stride * torch.arange(wo).view(1, 1, 1, -1) \
@@ -183,7 +187,7 @@ def tiny_map_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
         y = seen.permute(0, 2, 3, 1).reshape(-1, ci) @ weight.reshape(co, ci).t()
     else:
         tap = _tap_of_pixel_pair(h, w, size, stride, padding)
-        ho, wo = (h + 2 * padding - size) // stride + 1, (w + 2 * padding - size) // stride + 1
+        ho, wo = _out_side(h, size, stride, padding), _out_side(w, size, stride, padding)
         taps = torch.cat([weight.permute(2, 3, 1, 0).reshape(size * size, ci, co),
                           weight.new_zeros(1, ci, co)])
         dense = taps[tap].permute(0, 2, 1, 3).reshape(h * w * ci, ho * wo * co)
